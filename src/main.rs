@@ -1,1 +1,121 @@
-fn main(){}
+//! The `bkg` binary: `bkg serve` runs the daemon, `bkg plugin <name>` runs a built-in plug-in.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code for configuration errors (EX_CONFIG); systemd should not restart on it.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "bkg", version, about = "Supervisor daemon for an AI backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Serve {
+        /// Address to listen on (port 0 picks a free port).
+        #[arg(long, env = "BKG_LISTEN", default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Directory for bkg.db, the plugins.json mirror and plug-in working directories.
+        #[arg(long, env = "BKG_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Registry to seed a new database from (default: ./plugins.json if present, else the
+        /// embedded copy).
+        #[arg(long, env = "BKG_REGISTRY")]
+        registry: Option<PathBuf>,
+        /// Log format of the daemon's own logs: pretty or json (default: pretty on a TTY).
+        #[arg(long, env = "BKG_LOG_FORMAT")]
+        log_format: Option<String>,
+        /// Log level (trace, debug, info, warn, error) or a tracing filter.
+        #[arg(long, env = "BKG_LOG_LEVEL", default_value = "info")]
+        log_level: String,
+    },
+    /// Run a built-in plug-in (started by the daemon, not by hand).
+    Plugin {
+        /// One of the built-in plug-ins.
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Plugin { name } => match name.as_str() {
+            "echo" => bkg_plugin_echo::run(),
+            "fake" => bkg_plugin_fake::run(),
+            other => {
+                eprintln!("unknown built-in plug-in {other:?} (known: {})", bkg::config::BUILTINS.join(", "));
+                ExitCode::from(2)
+            }
+        },
+        Cmd::Serve { listen, data_dir, registry, log_format, log_level } => {
+            init_tracing(log_format.as_deref(), &log_level);
+            let registry = registry.or_else(|| {
+                let local = PathBuf::from("plugins.json");
+                local.is_file().then_some(local)
+            });
+            if let Err(e) = bkg::app::check_registry_file(registry.as_deref()) {
+                eprintln!("bkg: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let settings = bkg::Settings { data_dir, registry_file: registry, plugin_log_level: plugin_level(&log_level) };
+            serve(settings, listen)
+        }
+    }
+}
+
+fn serve(settings: bkg::Settings, listen: SocketAddr) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bkg: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = bkg::Shutdown::new();
+        shutdown.listen_for_signals()?;
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        bkg::run(settings, listener, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "bkg failed");
+            eprintln!("bkg: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Plug-ins get a plain level, not a filter expression.
+fn plugin_level(filter: &str) -> String {
+    match filter {
+        "trace" | "debug" | "info" | "warn" | "error" => filter.to_owned(),
+        _ => "info".to_owned(),
+    }
+}
+
+fn init_tracing(format: Option<&str>, level: &str) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}

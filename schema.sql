@@ -1,0 +1,50 @@
+-- bkg.db: the canonical current schema. The daemon applies it to a new database and records
+-- the version in PRAGMA user_version; later versions add numbered steps in src/store/migrate.rs.
+-- Never edit a released step; add a new one.
+
+-- The plug-in registry (source of truth after first start; mirrored to <data>/plugins.json).
+CREATE TABLE IF NOT EXISTS plugins (
+    name        TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 32),
+    position    INTEGER NOT NULL,          -- start order
+    spec        TEXT NOT NULL,             -- the registry entry as JSON (config included)
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+-- Every config a plug-in ever had, newest = highest version.
+CREATE TABLE IF NOT EXISTS plugin_config_versions (
+    plugin      TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    config      TEXT NOT NULL,             -- JSON object
+    actor       TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    PRIMARY KEY (plugin, version)
+);
+
+-- Daemon settings groups (logging, security, plugins, retention) as JSON objects.
+CREATE TABLE IF NOT EXISTS settings (
+    grp         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+
+-- Append-only audit trail of admin actions.
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts          TEXT NOT NULL,
+    actor       TEXT NOT NULL,
+    ip          TEXT,
+    request_id  TEXT,
+    action      TEXT NOT NULL,
+    target      TEXT,
+    outcome     TEXT NOT NULL,
+    detail      TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
+
+-- Small facts about the database itself (for example whether the registry was seeded).
+CREATE TABLE IF NOT EXISTS meta (
+    key         TEXT PRIMARY KEY,
+    value       TEXT NOT NULL
+);

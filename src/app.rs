@@ -1,0 +1,212 @@
+//! Wiring: the shared [`AppState`], the startup order and the shutdown order, in one place.
+//!
+//! Startup: data dir → store (migrations) → registry (DB, seeded from `plugins.json` on first
+//! start) → mirror → supervisor (starts plug-ins) → HTTP → `READY=1`.
+//! Shutdown: `STOPPING=1` → HTTP stops accepting and SSE streams end → plug-ins stop (apikeys
+//! last) → store thread ends with the last handle.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::{PluginSpec, Registry};
+use crate::http;
+use crate::logs::LogHub;
+use crate::shutdown::Shutdown;
+use crate::store::{self, Store};
+use crate::supervisor::{SupervisorConfig, SupervisorHandle};
+
+/// Daemon settings (command line > `BKG_*` environment > defaults).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    /// The registry to seed a new database from; the embedded default when `None`.
+    pub registry_file: Option<PathBuf>,
+    /// Level for plug-ins (`trace`..`error`).
+    pub plugin_log_level: String,
+}
+
+/// Cheap-clone handle to everything a request handler may need.
+#[derive(Clone)]
+pub struct AppState(Arc<AppInner>);
+
+struct AppInner {
+    supervisor: SupervisorHandle,
+    logs: LogHub,
+    store: Store,
+    admin_token: String,
+    data_dir: PathBuf,
+    started: Instant,
+    shutdown: Shutdown,
+}
+
+impl AppState {
+    pub fn supervisor(&self) -> &SupervisorHandle {
+        &self.0.supervisor
+    }
+    pub fn logs(&self) -> &LogHub {
+        &self.0.logs
+    }
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+    pub fn admin_token(&self) -> &str {
+        &self.0.admin_token
+    }
+    pub fn uptime(&self) -> Duration {
+        self.0.started.elapsed()
+    }
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.0.shutdown
+    }
+    pub fn mirror_path(&self) -> PathBuf {
+        self.0.data_dir.join("plugins.json")
+    }
+    pub async fn db_ok(&self) -> bool {
+        self.0.store.ping().await
+    }
+
+    /// Records a new plug-in in the database and the mirror.
+    pub async fn persist_new_plugin(&self, spec: &PluginSpec, actor: &str) -> Result<(), store::Error> {
+        self.0.store.insert_plugin(spec.to_value(), actor.to_owned(), Some(self.mirror_path())).await
+    }
+
+    /// Removes a plug-in from the database and the mirror.
+    pub async fn persist_removal(&self, name: &str) -> Result<(), store::Error> {
+        self.0.store.delete_plugin(name.to_owned(), Some(self.mirror_path())).await
+    }
+
+    /// Records whether a plug-in is enabled, so the choice survives a restart.
+    pub async fn persist_enabled(&self, spec: &PluginSpec, enabled: bool) -> Result<(), store::Error> {
+        let spec = PluginSpec { enabled, ..spec.clone() };
+        self.0.store.replace_spec(spec.to_value(), Some(self.mirror_path())).await
+    }
+}
+
+/// Creates the data directory (0700) if needed.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))
+}
+
+/// Reads `<data>/admin.token`, creating it (0600, 256 random bits) on first start.
+fn admin_token(dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let token = format!("bkgadm_{}", hex::encode(rand::random::<[u8; 32]>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(token.as_bytes())?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), "created the local admin token");
+    Ok(token)
+}
+
+/// Loads the registry from the database, seeding it from the file on first start.
+async fn load_registry(store: &Store, settings: &Settings) -> anyhow::Result<Registry> {
+    if let Some(specs) = store.load_registry().await? {
+        let doc = serde_json::json!({ "plugins": specs });
+        return Registry::from_value(&doc).map_err(|e| anyhow::anyhow!("the registry stored in bkg.db is invalid: {e}"));
+    }
+    let (text, source) = match &settings.registry_file {
+        Some(path) => (
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
+            path.display().to_string(),
+        ),
+        None => (crate::config::EMBEDDED_REGISTRY.to_owned(), "embedded plugins.json".to_owned()),
+    };
+    let registry = Registry::parse(&text).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    store.seed_registry(registry.plugins.iter().map(PluginSpec::to_value).collect(), source.clone()).await?;
+    tracing::info!(%source, plugins = registry.plugins.len(), "seeded the registry");
+    Ok(registry)
+}
+
+/// Validates a registry file without starting anything (used before `run`).
+pub fn check_registry_file(path: Option<&Path>) -> anyhow::Result<()> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?,
+        None => crate::config::EMBEDDED_REGISTRY.to_owned(),
+    };
+    Registry::parse(&text)?;
+    Ok(())
+}
+
+/// Runs the daemon until `shutdown.graceful` is cancelled and everything has stopped.
+pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
+    prepare_data_dir(&settings.data_dir)?;
+    let db_path = settings.data_dir.join("bkg.db");
+    let store = Store::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
+    let registry = load_registry(&store, &settings).await?;
+    store.sync_mirror(settings.data_dir.join("plugins.json")).await?;
+    let token = admin_token(&settings.data_dir)?;
+
+    let logs = LogHub::new();
+    let supervisor = SupervisorHandle::start(
+        registry,
+        SupervisorConfig { plugins_dir: settings.data_dir.join("plugins"), log_level: settings.plugin_log_level.clone() },
+        logs.clone(),
+    );
+    let state = AppState(Arc::new(AppInner {
+        supervisor: supervisor.clone(),
+        logs,
+        store,
+        admin_token: token,
+        data_dir: settings.data_dir.clone(),
+        started: Instant::now(),
+        shutdown: shutdown.clone(),
+    }));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
+    let server = tokio::spawn(http::serve(listener, state.clone(), shutdown.graceful.clone()));
+    notify_ready_when_started(&supervisor).await;
+
+    // A forced shutdown (second signal) skips the grace periods of plug-ins still stopping.
+    let force = shutdown.force.clone();
+    let forcer = supervisor.clone();
+    tokio::spawn(async move {
+        force.cancelled().await;
+        forcer.force_kill();
+    });
+
+    shutdown.graceful.cancelled().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    // Order: the HTTP server first (no new work; SSE streams end on the token), then plug-ins.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "http server ended with an error"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("http server did not drain within 5 s"),
+    }
+    supervisor.shutdown().await;
+    tracing::info!("all plug-ins stopped; bye");
+    Ok(())
+}
+
+/// Tells systemd `READY=1` once every required plug-in reached a settled state (bounded).
+async fn notify_ready_when_started(supervisor: &SupervisorHandle) {
+    use crate::supervisor::State;
+    let settled = supervisor.wait_for(|s| {
+        s.plugins.iter().filter(|p| p.required).all(|p| !matches!(p.state, State::Starting | State::Stopped))
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(60), settled).await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+}

@@ -1,0 +1,448 @@
+//! The plug-in registry (`plugins.json`): parsing into typed specs and validation that reports
+//! every problem at once, each with its JSON path.
+//!
+//! Architecture Invariant: nothing starts until the whole registry has validated.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Plug-ins compiled into the `bkg` binary and run as `bkg plugin <name>`.
+pub const BUILTINS: &[&str] = &["echo", "fake"];
+
+/// The registry shipped with the repository, used when no file is given.
+pub const EMBEDDED_REGISTRY: &str = include_str!("../plugins.json");
+
+/// A validated plug-in name: `[a-z0-9-]{1,32}`, not starting with `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PluginName(String);
+
+impl PluginName {
+    /// Parses a name, explaining what is wrong with it.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if s.is_empty() || s.len() > 32 || !ok_chars || s.starts_with('-') {
+            return Err(format!("invalid name {s:?}: use 1 to 32 of [a-z0-9-], not starting with '-'"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PluginName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How to start a plug-in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Launch {
+    /// `bkg plugin <name>`, spawned from the daemon's own executable.
+    Builtin { builtin: String },
+    /// Any svp/1 executable.
+    Command { command: PathBuf, args: Vec<String> },
+}
+
+/// When a plug-in is restarted after it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// Restart policy (design.md §6, protocol.md §2.12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Crashes within `crash_window_s` that mark the plug-in `failed`.
+    pub max_crashes: u32,
+    pub crash_window_s: u64,
+    /// Running this long counts as stable: the backoff resets.
+    pub stable_after_s: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::Always,
+            backoff_initial_ms: 250,
+            backoff_max_ms: 30_000,
+            max_crashes: 5,
+            crash_window_s: 180,
+            stable_after_s: 60,
+        }
+    }
+}
+
+/// Deadlines and health-check periods (protocol.md §2.5, §2.6, §2.12).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// `initialize` must answer within this.
+    pub startup_ms: u64,
+    /// `plugin.health` must say `serving` within this.
+    pub ready_ms: u64,
+    /// `$/ping` is sent after this long without traffic.
+    pub ping_idle_ms: u64,
+    pub ping_timeout_ms: u64,
+    /// Consecutive missed pings that mean "hung": kill and restart.
+    pub ping_misses: u32,
+    /// Period of `plugin.health` polls once ready.
+    pub health_interval_ms: u64,
+    /// Default deadline of an application call that declares none.
+    pub call_ms: u64,
+    /// Budget of the `shutdown` request.
+    pub shutdown_ms: u64,
+    /// Each of the waits after closing stdin and after SIGTERM.
+    pub stop_grace_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            startup_ms: 10_000,
+            ready_ms: 60_000,
+            ping_idle_ms: 10_000,
+            ping_timeout_ms: 1_000,
+            ping_misses: 3,
+            health_interval_ms: 30_000,
+            call_ms: 30_000,
+            shutdown_ms: 5_000,
+            stop_grace_ms: 3_000,
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn startup(&self) -> Duration {
+        Duration::from_millis(self.startup_ms)
+    }
+    pub fn ready(&self) -> Duration {
+        Duration::from_millis(self.ready_ms)
+    }
+    pub fn ping_idle(&self) -> Duration {
+        Duration::from_millis(self.ping_idle_ms)
+    }
+    pub fn ping_timeout(&self) -> Duration {
+        Duration::from_millis(self.ping_timeout_ms)
+    }
+    pub fn health_interval(&self) -> Duration {
+        Duration::from_millis(self.health_interval_ms)
+    }
+    pub fn call(&self) -> Duration {
+        Duration::from_millis(self.call_ms)
+    }
+    pub fn shutdown(&self) -> Duration {
+        Duration::from_millis(self.shutdown_ms)
+    }
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_millis(self.stop_grace_ms)
+    }
+}
+
+/// One registry entry as written in `plugins.json`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    #[serde(default)]
+    builtin: Option<String>,
+    #[serde(default)]
+    command: Option<PathBuf>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    required: bool,
+    #[serde(default)]
+    restart: RestartPolicy,
+    #[serde(default)]
+    timeouts: Timeouts,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default = "empty_object")]
+    config: Value,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+/// A validated plug-in spec.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PluginSpec {
+    pub name: PluginName,
+    #[serde(flatten)]
+    pub launch: Launch,
+    pub enabled: bool,
+    pub required: bool,
+    pub restart: RestartPolicy,
+    pub timeouts: Timeouts,
+    /// Added to the child's environment allowlist.
+    pub env: BTreeMap<String, String>,
+    /// Lower-case hex sha256 pin of the executable, checked before every spawn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Handed to the plug-in in `initialize`.
+    pub config: Value,
+}
+
+/// Every problem found in a registry, each with its JSON path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid plug-in registry:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct RegistryErrors(pub Vec<String>);
+
+/// The validated registry, in file order (which is also start order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Registry {
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// Env names a registry may not set: they belong to the protocol or to systemd.
+const RESERVED_ENV: &[&str] = &["SUPERVISOR_PLUGIN_COOKIE", "SUPERVISOR_PLUGIN_TRANSPORT", "NOTIFY_SOCKET"];
+
+impl Registry {
+    /// Parses and validates `plugins.json` text.
+    pub fn parse(text: &str) -> Result<Self, RegistryErrors> {
+        let root: Value = serde_json::from_str(text).map_err(|e| RegistryErrors(vec![format!("$: not valid JSON: {e}")]))?;
+        Self::from_value(&root)
+    }
+
+    /// Validates an already parsed document.
+    pub fn from_value(root: &Value) -> Result<Self, RegistryErrors> {
+        let mut errors = Vec::new();
+        let Some(obj) = root.as_object() else {
+            return Err(RegistryErrors(vec!["$: must be an object like {\"plugins\": [...]}".into()]));
+        };
+        for key in obj.keys().filter(|k| k.as_str() != "plugins") {
+            errors.push(format!("$.{key}: unknown field"));
+        }
+        let entries = match obj.get("plugins") {
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(_) => {
+                errors.push("$.plugins: must be an array".into());
+                &[]
+            }
+            None => {
+                errors.push("$.plugins: missing".into());
+                &[]
+            }
+        };
+        let mut plugins = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, entry) in entries.iter().enumerate() {
+            let path = format!("$.plugins[{i}]");
+            match PluginSpec::from_value(entry) {
+                Ok(spec) => {
+                    if !seen.insert(spec.name.clone()) {
+                        errors.push(format!("{path}.name: duplicate name {:?}", spec.name.as_str()));
+                    }
+                    plugins.push(spec);
+                }
+                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{path}{e}"))),
+            }
+        }
+        if errors.is_empty() { Ok(Self { plugins }) } else { Err(RegistryErrors(errors)) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&PluginSpec> {
+        self.plugins.iter().find(|p| p.name.as_str() == name)
+    }
+}
+
+impl PluginSpec {
+    /// Validates one entry; errors carry a path relative to the entry (`.name: …`).
+    pub fn from_value(entry: &Value) -> Result<Self, Vec<String>> {
+        let raw: RawSpec = serde_json::from_value(entry.clone()).map_err(|e| vec![describe_serde_error(&e)])?;
+        let mut errors = Vec::new();
+        let name = PluginName::parse(&raw.name).map_err(|e| errors.push(format!(".name: {e}"))).ok();
+        let launch = match (raw.builtin, raw.command) {
+            (Some(b), None) => {
+                if !raw.args.is_empty() {
+                    errors.push(".args: only allowed with \"command\"".into());
+                }
+                if !BUILTINS.contains(&b.as_str()) {
+                    errors.push(format!(".builtin: unknown built-in {b:?} (known: {})", BUILTINS.join(", ")));
+                }
+                Some(Launch::Builtin { builtin: b })
+            }
+            (None, Some(command)) => {
+                if !command.is_absolute() {
+                    errors.push(format!(".command: must be an absolute path, got {:?}", command.display()));
+                }
+                Some(Launch::Command { command, args: raw.args })
+            }
+            (Some(_), Some(_)) => {
+                errors.push(": set either \"builtin\" or \"command\", not both".into());
+                None
+            }
+            (None, None) => {
+                errors.push(": one of \"builtin\" or \"command\" is required".into());
+                None
+            }
+        };
+        if let Some(pin) = &raw.sha256 {
+            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                errors.push(".sha256: must be 64 hex digits".into());
+            }
+        }
+        for key in raw.env.keys() {
+            let valid = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                errors.push(format!(".env.{key}: invalid variable name"));
+            } else if RESERVED_ENV.contains(&key.as_str()) {
+                errors.push(format!(".env.{key}: reserved for the daemon"));
+            }
+        }
+        if !raw.config.is_object() {
+            errors.push(".config: must be a JSON object".into());
+        }
+        let r = &raw.restart;
+        if r.backoff_initial_ms == 0 || r.backoff_max_ms < r.backoff_initial_ms {
+            errors.push(".restart: need 0 < backoff_initial_ms <= backoff_max_ms".into());
+        }
+        if r.max_crashes == 0 {
+            errors.push(".restart.max_crashes: must be at least 1".into());
+        }
+        let t = &raw.timeouts;
+        for (field, v) in [
+            ("startup_ms", t.startup_ms),
+            ("ready_ms", t.ready_ms),
+            ("ping_idle_ms", t.ping_idle_ms),
+            ("ping_timeout_ms", t.ping_timeout_ms),
+            ("health_interval_ms", t.health_interval_ms),
+            ("call_ms", t.call_ms),
+            ("shutdown_ms", t.shutdown_ms),
+            ("stop_grace_ms", t.stop_grace_ms),
+        ] {
+            if v == 0 {
+                errors.push(format!(".timeouts.{field}: must be positive"));
+            }
+        }
+        if t.ping_misses == 0 {
+            errors.push(".timeouts.ping_misses: must be at least 1".into());
+        }
+        match (name, launch) {
+            (Some(name), Some(launch)) if errors.is_empty() => Ok(Self {
+                name,
+                launch,
+                enabled: raw.enabled,
+                required: raw.required,
+                restart: raw.restart,
+                timeouts: raw.timeouts,
+                env: raw.env,
+                sha256: raw.sha256.map(|s| s.to_ascii_lowercase()),
+                config: raw.config,
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The registry entry as JSON (the form written to the `plugins.json` mirror).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// serde_json reports `unknown field `x`, expected one of …`; keep it but lead with a path.
+fn describe_serde_error(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    // serde_json appends " at line L column C", meaningless for a sub-value.
+    let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+    if let Some(field) = msg.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+        return format!(".{field}: unknown field");
+    }
+    if let Some(field) = msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        return format!(".{field}: missing");
+    }
+    format!(": {msg}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_registry_is_valid() {
+        let reg = Registry::parse(EMBEDDED_REGISTRY).unwrap();
+        assert!(!reg.plugins.is_empty());
+    }
+
+    #[test]
+    fn reports_every_error_with_its_path() {
+        let text = r#"{"plugins": [
+            {"name": "../x", "builtin": "echo"},
+            {"name": "a", "builtin": "echo", "colour": "red"},
+            {"name": "b", "builtin": "nope"},
+            {"name": "b", "builtin": "echo"},
+            {"name": "b", "builtin": "echo"},
+            {"name": "c", "command": "relative/bin"},
+            {"name": "d"}
+        ], "extra": 1}"#;
+        let errs = Registry::parse(text).unwrap_err().0;
+        let expect = [
+            "$.extra: unknown field",
+            "$.plugins[0].name: invalid name \"../x\"",
+            "$.plugins[1].colour: unknown field",
+            "$.plugins[2].builtin: unknown built-in \"nope\"",
+            "$.plugins[4].name: duplicate name \"b\"",
+            "$.plugins[5].command: must be an absolute path",
+            "$.plugins[6]: one of \"builtin\" or \"command\" is required",
+        ];
+        for e in expect {
+            assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn bad_json_is_one_error() {
+        let errs = Registry::parse("{nope").unwrap_err().0;
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].starts_with("$: not valid JSON"));
+    }
+
+    #[test]
+    fn names_are_restricted() {
+        for bad in ["", "A", "a/b", "..", "-a", &"a".repeat(33), "a b", "é"] {
+            assert!(PluginName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["a", "llm", "my-plugin-2", &"a".repeat(32)] {
+            assert!(PluginName::parse(good).is_ok(), "{good:?} rejected");
+        }
+    }
+
+    #[test]
+    fn spec_round_trips_through_its_json_form() {
+        let reg = Registry::parse(
+            r#"{"plugins":[{"name":"x","command":"/bin/x","args":["-v"],"env":{"A":"1"},"config":{"k":1}}]}"#,
+        )
+        .unwrap();
+        let spec = &reg.plugins[0];
+        let again = PluginSpec::from_value(&spec.to_value()).unwrap();
+        assert_eq!(&again, spec);
+    }
+}

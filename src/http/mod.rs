@@ -1,0 +1,52 @@
+//! The HTTP API: `router(state)` and `serve(listener, state, shutdown)`.
+//!
+//! Architecture Invariant: this is the only module that knows axum or HTTP status codes; handlers
+//! are thin (parse, call, map). Every guarded handler takes a `guard::Caller`.
+
+pub mod error;
+pub mod guard;
+mod health;
+mod plugins;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::JsonRejection;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::app::AppState;
+use error::ApiError;
+
+/// Default request body limit (design.md §7).
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Every route of the daemon.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::get))
+        .route("/admin/plugins", get(plugins::list).post(plugins::register))
+        .route("/admin/plugins/{name}", get(plugins::get).delete(plugins::remove))
+        .route("/admin/plugins/{name}/{op}", post(plugins::control))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Maps axum's JSON body rejections onto our error shape.
+pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
+    use axum::http::StatusCode;
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(BODY_LIMIT);
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::bad_request("content-type", "expected application/json"),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("body", format!("malformed JSON: {}", e.body_text())),
+        JsonRejection::JsonDataError(e) => ApiError::bad_request("body", e.body_text()),
+        other => ApiError::bad_request("body", other.body_text()),
+    }
+}

@@ -1,0 +1,130 @@
+//! `/admin/plugins`: list, inspect, control, register and remove plug-ins.
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::guard::Caller;
+use crate::config::{PluginName, PluginSpec};
+use crate::supervisor::{ControlOp, PluginView};
+
+/// Lines of recent stderr shown in the detail view.
+const DETAIL_LOG_LINES: usize = 20;
+
+fn secs_since(t: Option<SystemTime>) -> Option<u64> {
+    t.and_then(|t| SystemTime::now().duration_since(t).ok()).map(|d| d.as_secs())
+}
+
+fn time(t: Option<SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(crate::logs::rfc3339(t)))
+}
+
+/// The JSON form of a plug-in's status.
+pub(super) fn view_json(v: &PluginView) -> Value {
+    json!({
+        "name": v.name,
+        "state": v.state,
+        "enabled": v.enabled,
+        "required": v.required,
+        "pid": v.pid,
+        "uptime_s": if v.state.is_running() { secs_since(v.started_at) } else { None },
+        "started_at": time(v.started_at),
+        "restarts": v.restarts,
+        "generation": v.generation,
+        "last_exit": v.last_exit.as_ref().map(|e| json!({
+            "code": e.code, "signal": e.signal, "reason": e.reason, "at": time(v.last_exit_at),
+        })),
+        "next_restart_at": time(v.next_restart_at),
+        "reason": v.reason,
+        "health": v.health,
+        "version": v.version,
+        "methods": v.methods,
+        "launch": v.spec.launch,
+    })
+}
+
+/// Validates a name from the path; unknown-but-valid names are the caller's 404.
+pub(super) fn parse_name(name: &str) -> Result<PluginName, ApiError> {
+    PluginName::parse(name).map_err(|reason| ApiError::bad_request("name", reason))
+}
+
+pub(super) async fn list(_caller: Caller, State(state): State<AppState>) -> Json<Value> {
+    let snapshot = state.supervisor().snapshot();
+    Json(json!({ "plugins": snapshot.plugins.iter().map(view_json).collect::<Vec<_>>() }))
+}
+
+pub(super) async fn get(_caller: Caller, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    parse_name(&name)?;
+    let snapshot = state.supervisor().snapshot();
+    let view = snapshot.get(&name).ok_or_else(|| ApiError::NotFound(format!("no plug-in named {name:?}")))?;
+    let mut body = view_json(view);
+    let lines = state.logs().get(&name).map(|log| log.tail(DETAIL_LOG_LINES)).unwrap_or_default();
+    body["last_lines"] = json!(lines);
+    body["config_schema"] = json!(view.config_schema);
+    if let Some(client) = &view.client {
+        let stats = client.stats();
+        use std::sync::atomic::Ordering::Relaxed;
+        body["rpc"] = json!({
+            "calls": stats.calls.load(Relaxed),
+            "timeouts": stats.timeouts.load(Relaxed),
+            "junk_lines": stats.junk_lines.load(Relaxed),
+            "oversized_frames": stats.oversized_frames.load(Relaxed),
+            "late_messages": stats.late_messages.load(Relaxed),
+            "in_flight": client.in_flight(),
+        });
+    }
+    Ok(Json(body))
+}
+
+pub(super) async fn control(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path((name, op)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    parse_name(&name)?;
+    let op = ControlOp::parse(&op).ok_or_else(|| {
+        ApiError::NotFound(format!("unknown action {op:?}; use start, stop, restart, reload, enable or disable"))
+    })?;
+    let view = state.supervisor().control(&name, op).await?;
+    if matches!(op, ControlOp::Enable | ControlOp::Disable) {
+        state.persist_enabled(&view.spec, op == ControlOp::Enable).await?;
+    }
+    tracing::info!(actor = %caller.actor, plugin = %name, action = ?op, state = view.state.as_str(), "plug-in control");
+    Ok(Json(view_json(&view)))
+}
+
+pub(super) async fn register(
+    caller: Caller,
+    State(state): State<AppState>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(body) = body.map_err(super::json_rejection)?;
+    let spec = PluginSpec::from_value(&body).map_err(|errors| {
+        let first = errors.first().cloned().unwrap_or_default();
+        let (field, reason) = first.split_once(": ").unwrap_or(("body", &first));
+        ApiError::bad_request(field.trim_start_matches('.'), reason)
+    })?;
+    if state.supervisor().snapshot().get(spec.name.as_str()).is_some() {
+        return Err(ApiError::Conflict(format!("a plug-in named {:?} already exists", spec.name.as_str())));
+    }
+    state.persist_new_plugin(&spec, &caller.actor).await?;
+    let view = state.supervisor().register(spec).await?;
+    tracing::info!(actor = %caller.actor, plugin = %view.name, "plug-in registered");
+    Ok((StatusCode::CREATED, Json(view_json(&view))))
+}
+
+pub(super) async fn remove(caller: Caller, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    parse_name(&name)?;
+    if state.supervisor().snapshot().get(&name).is_none() {
+        return Err(ApiError::NotFound(format!("no plug-in named {name:?}")));
+    }
+    state.persist_removal(&name).await?;
+    state.supervisor().remove(&name).await?;
+    tracing::info!(actor = %caller.actor, plugin = %name, "plug-in removed");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,24 @@
+//! `bkg`: a supervisor daemon for an AI backend.
+//!
+//! Codemap (see ARCHITECTURE.md for the invariants):
+//! - [`app`]: wiring, startup and shutdown order, [`app::AppState`].
+//! - [`config`]: the plug-in registry (`plugins.json`) and its validation.
+//! - [`supervisor`]: plug-in processes and their state machine (the only module that spawns or
+//!   signals).
+//! - [`rpc`]: the svp/1 client side (ids, deadlines, cancellation, streams).
+//! - [`logs`]: plug-in stderr → ring buffers and live subscribers.
+//! - [`store`]: SQLite (`bkg.db`), the only module that knows SQL.
+//! - [`http`]: the axum router, the only module that knows status codes.
+//! - [`shutdown`]: signals and the graceful/forced shutdown tokens.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod logs;
+pub mod rpc;
+pub mod shutdown;
+pub mod store;
+pub mod supervisor;
+
+pub use app::{Settings, run};
+pub use shutdown::Shutdown;

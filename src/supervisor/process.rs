@@ -1,0 +1,164 @@
+//! Creating plug-in processes and signalling their process groups.
+//!
+//! Architecture Invariant: this file (through the supervisor) is the only place that creates
+//! processes or sends signals. Every child runs in its own process group with a cleared
+//! environment plus an allowlist, with all three stdio streams piped.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use bkg_plugin_sdk::protocol;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::process::{Child, Command};
+
+use crate::config::{Launch, PluginSpec};
+
+/// Variables passed through from the daemon's environment when set (design.md §6).
+const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "RUST_LOG"];
+
+/// Why a plug-in could not be spawned. All of these are fatal: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("executable not found: {0}")]
+    NotFound(PathBuf),
+    #[error("not executable (permission denied): {0}")]
+    NotExecutable(PathBuf),
+    #[error("sha256 mismatch for {path}: expected {expected}, found {found}")]
+    ChecksumMismatch { path: PathBuf, expected: String, found: String },
+    #[error("cannot prepare the plug-in's directory {path}: {source}")]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot start {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The program and arguments a spec launches.
+pub fn program_and_args(spec: &PluginSpec) -> Result<(PathBuf, Vec<String>), SpawnError> {
+    match &spec.launch {
+        Launch::Builtin { builtin } => {
+            let exe = std::env::current_exe()
+                .map_err(|source| SpawnError::Io { path: PathBuf::from("/proc/self/exe"), source })?;
+            Ok((exe, vec!["plugin".into(), builtin.clone()]))
+        }
+        Launch::Command { command, args } => Ok((command.clone(), args.clone())),
+    }
+}
+
+/// Computes the lower-case hex sha256 of a file.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex::encode(hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Compares two equal-length strings without an early exit.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the pin and spawns the plug-in. Blocking file I/O (hashing) runs on the caller's
+/// thread, so call this from `spawn_blocking` or accept the cost of a small read.
+pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str) -> Result<Child, SpawnError> {
+    let (program, args) = program_and_args(spec)?;
+    match std::fs::metadata(&program) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SpawnError::NotFound(program)),
+        Err(source) => return Err(SpawnError::Io { path: program, source }),
+        Ok(meta) => {
+            use std::os::unix::fs::PermissionsExt;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                return Err(SpawnError::NotExecutable(program));
+            }
+        }
+    }
+    if let Some(expected) = &spec.sha256 {
+        let found = sha256_file(&program).map_err(|source| SpawnError::Io { path: program.clone(), source })?;
+        if !constant_time_eq(&found, expected) {
+            return Err(SpawnError::ChecksumMismatch { path: program, expected: expected.clone(), found });
+        }
+    }
+    create_private_dir(work_dir).map_err(|source| SpawnError::WorkDir { path: work_dir.to_owned(), source })?;
+
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
+        .env_clear()
+        .envs(ENV_ALLOWLIST.iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))))
+        .envs(&spec.env)
+        .env(protocol::COOKIE_ENV, protocol::COOKIE_VALUE)
+        .env(protocol::TRANSPORT_ENV, "stdio")
+        .env(protocol::LOG_ENV, log_level)
+        .current_dir(work_dir)
+        // Own process group: a terminal's Ctrl-C reaches only the daemon, and stop/kill can
+        // reach every grandchild with one killpg.
+        .process_group(0)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Backstop only: the instance task always kills the group and reaps explicitly.
+        .kill_on_drop(true);
+    cmd.spawn().map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => SpawnError::NotFound(program.clone()),
+        std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable(program.clone()),
+        _ => SpawnError::Io { path: program.clone(), source },
+    })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Sends `signal` to the whole process group led by `pid`. A group that no longer exists is not
+/// an error (everything in it is already gone).
+pub fn signal_group(pid: u32, signal: Signal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match killpg(Pid::from_raw(raw), signal) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, ?signal, error = %e, "killpg failed"),
+    }
+}
+
+/// Pids of the live (non-zombie) processes in the group led by `pgid`, from /proc.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            let Some((_, rest)) = stat.rsplit_once(')') else { return false };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|s| s.parse::<u32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_matches_eq() {
+        assert!(constant_time_eq("abc", "abc"));
+        assert!(!constant_time_eq("abc", "abd"));
+        assert!(!constant_time_eq("abc", "ab"));
+    }
+
+    #[test]
+    fn sha256_of_a_known_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"abc").unwrap();
+        assert_eq!(sha256_file(&path).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
