@@ -125,7 +125,8 @@ fn admin_token(dir: &Path) -> anyhow::Result<String> {
 async fn load_registry(store: &Store, settings: &Settings) -> anyhow::Result<Registry> {
     if let Some(specs) = store.load_registry().await? {
         let doc = serde_json::json!({ "plugins": specs });
-        return Registry::from_value(&doc).map_err(|e| anyhow::anyhow!("the registry stored in bkg.db is invalid: {e}"));
+        return Registry::from_value(&doc)
+            .map_err(|e| anyhow::anyhow!("the registry stored in bkg.db is invalid: {e}"));
     }
     let (text, source) = match &settings.registry_file {
         Some(path) => (
@@ -162,7 +163,10 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
     let logs = LogHub::new();
     let supervisor = SupervisorHandle::start(
         registry,
-        SupervisorConfig { plugins_dir: settings.data_dir.join("plugins"), log_level: settings.plugin_log_level.clone() },
+        SupervisorConfig {
+            plugins_dir: settings.data_dir.join("plugins"),
+            log_level: settings.plugin_log_level.clone(),
+        },
         logs.clone(),
     );
     let state = AppState(Arc::new(AppInner {

@@ -227,7 +227,8 @@ const RESERVED_ENV: &[&str] = &["SUPERVISOR_PLUGIN_COOKIE", "SUPERVISOR_PLUGIN_T
 impl Registry {
     /// Parses and validates `plugins.json` text.
     pub fn parse(text: &str) -> Result<Self, RegistryErrors> {
-        let root: Value = serde_json::from_str(text).map_err(|e| RegistryErrors(vec![format!("$: not valid JSON: {e}")]))?;
+        let root: Value =
+            serde_json::from_str(text).map_err(|e| RegistryErrors(vec![format!("$: not valid JSON: {e}")]))?;
         Self::from_value(&root)
     }
 
@@ -304,10 +305,10 @@ impl PluginSpec {
                 None
             }
         };
-        if let Some(pin) = &raw.sha256 {
-            if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
-                errors.push(".sha256: must be 64 hex digits".into());
-            }
+        if let Some(pin) = &raw.sha256
+            && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            errors.push(".sha256: must be 64 hex digits".into());
         }
         for key in raw.env.keys() {
             let valid = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');

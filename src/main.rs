@@ -65,7 +65,8 @@ fn main() -> ExitCode {
                 eprintln!("bkg: {e:#}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let settings = bkg::Settings { data_dir, registry_file: registry, plugin_log_level: plugin_level(&log_level) };
+            let settings =
+                bkg::Settings { data_dir, registry_file: registry, plugin_log_level: plugin_level(&log_level) };
             serve(settings, listen)
         }
     }
@@ -82,7 +83,9 @@ fn serve(settings: bkg::Settings, listen: SocketAddr) -> ExitCode {
     let result = runtime.block_on(async move {
         let shutdown = bkg::Shutdown::new();
         shutdown.listen_for_signals()?;
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
         bkg::run(settings, listener, shutdown).await
     });
     match result {

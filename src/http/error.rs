@@ -78,7 +78,9 @@ impl From<store::Error> for ApiError {
 impl From<rpc::Error> for ApiError {
     fn from(e: rpc::Error) -> Self {
         match e {
-            rpc::Error::Unavailable | rpc::Error::Overloaded | rpc::Error::SlowConsumer => ApiError::Unavailable(e.to_string()),
+            rpc::Error::Unavailable | rpc::Error::Overloaded | rpc::Error::SlowConsumer => {
+                ApiError::Unavailable(e.to_string())
+            }
             rpc::Error::Timeout(_) => ApiError::Timeout(e.to_string()),
             rpc::Error::TooLarge(n) => ApiError::PayloadTooLarge(n),
             rpc::Error::Remote(err) => {
@@ -100,7 +102,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let (message, details) = match &self {
-            ApiError::BadRequest { field, reason } => (self.to_string(), Some(json!({"field": field, "reason": reason}))),
+            ApiError::BadRequest { field, reason } => {
+                (self.to_string(), Some(json!({"field": field, "reason": reason})))
+            }
             ApiError::Internal(err) => {
                 tracing::error!(error.cause_chain = ?err, "internal error");
                 ("internal error".to_string(), None)

@@ -17,6 +17,7 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("GET", "/admin/plugins", "plugins:read"),
     ("GET", "/admin/plugins/{name}", "plugins:read"),
     ("POST", "/admin/plugins/{name}/{op}", "plugins:control"),
+    ("POST", "/admin/plugins/{name}/rpc", "plugins:call"),
     ("POST", "/admin/plugins", "plugins:write"),
     ("DELETE", "/admin/plugins/{name}", "plugins:write"),
     ("GET", "/admin/plugins/{name}/config", "config:read"),

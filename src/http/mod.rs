@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::get))
         .route("/admin/plugins", get(plugins::list).post(plugins::register))
         .route("/admin/plugins/{name}", get(plugins::get).delete(plugins::remove))
+        .route("/admin/plugins/{name}/rpc", post(plugins::rpc))
         .route("/admin/plugins/{name}/{op}", post(plugins::control))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -45,7 +46,9 @@ pub(crate) fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
     match rejection {
         JsonRejection::MissingJsonContentType(_) => ApiError::bad_request("content-type", "expected application/json"),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("body", format!("malformed JSON: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::bad_request("body", format!("malformed JSON: {}", e.body_text()))
+        }
         JsonRejection::JsonDataError(e) => ApiError::bad_request("body", e.body_text()),
         other => ApiError::bad_request("body", other.body_text()),
     }

@@ -58,7 +58,11 @@ pub(super) async fn list(_caller: Caller, State(state): State<AppState>) -> Json
     Json(json!({ "plugins": snapshot.plugins.iter().map(view_json).collect::<Vec<_>>() }))
 }
 
-pub(super) async fn get(_caller: Caller, State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn get(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     parse_name(&name)?;
     let snapshot = state.supervisor().snapshot();
     let view = snapshot.get(&name).ok_or_else(|| ApiError::NotFound(format!("no plug-in named {name:?}")))?;
@@ -118,7 +122,11 @@ pub(super) async fn register(
     Ok((StatusCode::CREATED, Json(view_json(&view))))
 }
 
-pub(super) async fn remove(caller: Caller, State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub(super) async fn remove(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     parse_name(&name)?;
     if state.supervisor().snapshot().get(&name).is_none() {
         return Err(ApiError::NotFound(format!("no plug-in named {name:?}")));
@@ -127,4 +135,52 @@ pub(super) async fn remove(caller: Caller, State(state): State<AppState>, Path(n
     state.supervisor().remove(&name).await?;
     tracing::info!(actor = %caller.actor, plugin = %name, "plug-in removed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Body of `POST /admin/plugins/:name/rpc`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RpcBody {
+    method: String,
+    #[serde(default)]
+    params: Option<Value>,
+    timeout_ms: Option<u64>,
+}
+
+/// Longest deadline an operator may ask for.
+const MAX_RPC_TIMEOUT_MS: u64 = 600_000;
+
+/// Calls one of the methods a plug-in declared (an operator's debugging tool, like `bkg call`).
+pub(super) async fn rpc(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<RpcBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    parse_name(&name)?;
+    let Json(body) = body.map_err(super::json_rejection)?;
+    let snapshot = state.supervisor().snapshot();
+    let view = snapshot.get(&name).ok_or_else(|| ApiError::NotFound(format!("no plug-in named {name:?}")))?;
+    let params = match body.params {
+        None => json!({}),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => return Err(ApiError::bad_request("params", "must be a JSON object")),
+    };
+    if let Some(ms) = body.timeout_ms
+        && (ms == 0 || ms > MAX_RPC_TIMEOUT_MS)
+    {
+        return Err(ApiError::bad_request("timeout_ms", format!("must be between 1 and {MAX_RPC_TIMEOUT_MS}")));
+    }
+    let client = state
+        .supervisor()
+        .client(&name)
+        .ok_or_else(|| ApiError::Unavailable(format!("plug-in {name:?} is {}", view.state.as_str())))?;
+    if !view.methods.contains(&body.method) {
+        return Err(ApiError::bad_request("method", format!("{name} does not declare {:?}", body.method)));
+    }
+    let options =
+        crate::rpc::CallOptions { timeout: body.timeout_ms.map(std::time::Duration::from_millis), stream: None };
+    tracing::debug!(actor = %caller.actor, plugin = %name, method = %body.method, "operator rpc");
+    let result = client.call(&body.method, params, options).await?;
+    Ok(Json(json!({ "result": result })))
 }

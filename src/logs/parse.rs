@@ -49,11 +49,11 @@ impl Parser {
     pub fn parse(&mut self, bytes: &[u8]) -> Parsed {
         let text = String::from_utf8_lossy(bytes);
         let trimmed = text.trim_end();
-        if trimmed.starts_with('{') {
-            if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(trimmed) {
-                self.in_panic = false;
-                return parse_json(obj);
-            }
+        if trimmed.starts_with('{')
+            && let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(trimmed)
+        {
+            self.in_panic = false;
+            return parse_json(obj);
         }
         let (level, msg) = match prefixed_level(trimmed) {
             Some((level, rest)) => {
@@ -195,7 +195,8 @@ mod tests {
     #[test]
     fn secrets_are_masked() {
         let key = "bkg_AbCdEfGhIjKl_0123456789abcdefghijABCDEFGHIJ123456";
-        let line = format!("{{\"level\":\"info\",\"msg\":\"using {key}\",\"token\":\"bkgs_abcdefghijklmnopqrstuvwxyz\"}}");
+        let line =
+            format!("{{\"level\":\"info\",\"msg\":\"using {key}\",\"token\":\"bkgs_abcdefghijklmnopqrstuvwxyz\"}}");
         let parsed = Parser::default().parse(line.as_bytes());
         assert_eq!(parsed.msg, "using bkg_[redacted]");
         assert_eq!(parsed.fields.unwrap()["token"], "bkgs_[redacted]");

@@ -88,10 +88,8 @@ async fn remote_errors_and_unknown_methods() {
 async fn stream_chunks_arrive_in_order_before_the_summary() {
     let client = connect().await;
     let (tx, mut rx) = mpsc::channel(256);
-    let summary = client
-        .call("t.stream", json!({"n": 20}), CallOptions { timeout: None, stream: Some(tx) })
-        .await
-        .unwrap();
+    let summary =
+        client.call("t.stream", json!({"n": 20}), CallOptions { timeout: None, stream: Some(tx) }).await.unwrap();
     assert_eq!(summary, json!({"chunks": 20}));
     let mut got = Vec::new();
     while let Ok(v) = rx.try_recv() {
@@ -104,10 +102,8 @@ async fn stream_chunks_arrive_in_order_before_the_summary() {
 async fn slow_stream_consumer_cancels_only_its_call() {
     let client = connect().await;
     let (tx, _rx) = mpsc::channel(2);
-    let err = client
-        .call("t.stream", json!({"n": 100}), CallOptions { timeout: None, stream: Some(tx) })
-        .await
-        .unwrap_err();
+    let err =
+        client.call("t.stream", json!({"n": 100}), CallOptions { timeout: None, stream: Some(tx) }).await.unwrap_err();
     assert!(matches!(err, Error::SlowConsumer), "{err:?}");
     assert_eq!(client.call("t.echo", json!({"v": 2}), CallOptions::default()).await.unwrap(), json!(2));
 }

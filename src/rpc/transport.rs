@@ -61,7 +61,7 @@ fn dispatch(client: &RpcClient, line: &[u8]) {
         Err(e) => {
             let n = client.0.stats.junk_lines.fetch_add(1, Ordering::Relaxed) + 1;
             // Log the first few and then every 100th, so a junk flood does not flood our log.
-            if n <= 10 || n % 100 == 0 {
+            if n <= 10 || n.is_multiple_of(100) {
                 let preview = String::from_utf8_lossy(&line[..line.len().min(JUNK_PREVIEW)]).into_owned();
                 tracing::warn!(error = %e, junk_lines = n, preview = %preview.escape_debug(), "junk on plug-in stdout");
             }
@@ -81,10 +81,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         let first = tokio::select! {
             biased;
             msg = rx.recv() => msg,
-            () = close.cancelled() => match rx.try_recv() {
-                Ok(msg) => Some(msg),
-                Err(_) => None,
-            },
+            () = close.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else { break };
         batch.clear();

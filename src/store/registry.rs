@@ -59,7 +59,10 @@ fn mirror(conn: &Connection, path: Option<&Path>) -> Result<(), Error> {
 }
 
 fn spec_name(spec: &Value) -> Result<String, Error> {
-    spec.get("name").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| Error::Corrupt("spec without a name".into()))
+    spec.get("name")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Corrupt("spec without a name".into()))
 }
 
 fn insert_config_version(conn: &Connection, plugin: &str, config: &Value, actor: &str) -> Result<i64, Error> {
@@ -119,7 +122,8 @@ impl Store {
         self.run(move |c| {
             let name = spec_name(&spec)?;
             let tx = c.transaction()?;
-            let exists: bool = tx.query_row("SELECT EXISTS(SELECT 1 FROM plugins WHERE name = ?1)", [&name], |r| r.get(0))?;
+            let exists: bool =
+                tx.query_row("SELECT EXISTS(SELECT 1 FROM plugins WHERE name = ?1)", [&name], |r| r.get(0))?;
             if exists {
                 return Err(Error::Conflict(format!("a plug-in named {name:?} already exists")));
             }

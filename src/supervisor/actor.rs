@@ -73,11 +73,23 @@ impl SupervisorActor {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (timers_tx, timers_rx) = mpsc::unbounded_channel();
         let entries = registry.plugins.into_iter().map(new_entry).collect();
-        Self { entries, config, logs, snapshot, events_tx, events_rx, timers_tx, timers_rx, shutdown: None, forced: false }
+        Self {
+            entries,
+            config,
+            logs,
+            snapshot,
+            events_tx,
+            events_rx,
+            timers_tx,
+            timers_rx,
+            shutdown: None,
+            forced: false,
+        }
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        let names: Vec<String> = self.entries.iter().filter(|e| e.spec.enabled).map(|e| e.spec.name.to_string()).collect();
+        let names: Vec<String> =
+            self.entries.iter().filter(|e| e.spec.enabled).map(|e| e.spec.name.to_string()).collect();
         for name in names {
             self.apply(&name, Event::Start);
         }
@@ -231,10 +243,10 @@ impl SupervisorActor {
     }
 
     fn apply(&mut self, name: &str, event: Event) {
-        if let Some(idx) = self.entries.iter().position(|e| e.spec.name.as_str() == name) {
-            if let Err(e) = self.apply_at(idx, event) {
-                tracing::debug!(plugin = name, error = %e, "event refused");
-            }
+        if let Some(idx) = self.entries.iter().position(|e| e.spec.name.as_str() == name)
+            && let Err(e) = self.apply_at(idx, event)
+        {
+            tracing::debug!(plugin = name, error = %e, "event refused");
         }
     }
 
@@ -247,7 +259,13 @@ impl SupervisorActor {
         let after = entry.slot.state;
         if before != after {
             let name = entry.spec.name.as_str();
-            tracing::info!(plugin = name, from = before.as_str(), to = after.as_str(), reason = entry.slot.reason.as_deref(), "plug-in state");
+            tracing::info!(
+                plugin = name,
+                from = before.as_str(),
+                to = after.as_str(),
+                reason = entry.slot.reason.as_deref(),
+                "plug-in state"
+            );
         }
         for action in actions {
             self.carry_out(idx, action);
@@ -357,10 +375,12 @@ impl SupervisorActor {
     }
 
     fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<()>>) {
-        let progress = self.shutdown.get_or_insert_with(|| ShutdownProgress { replies: vec![], last_phase_started: false });
+        let progress =
+            self.shutdown.get_or_insert_with(|| ShutdownProgress { replies: vec![], last_phase_started: false });
         progress.replies.extend(reply);
         // Phase 1: everything except the plug-in that stops last, in parallel (protocol.md §2.12).
-        let first: Vec<usize> = (0..self.entries.len()).filter(|i| self.entries[*i].spec.name.as_str() != STOPS_LAST).collect();
+        let first: Vec<usize> =
+            (0..self.entries.len()).filter(|i| self.entries[*i].spec.name.as_str() != STOPS_LAST).collect();
         for idx in first {
             self.apply_at_quiet(idx, Event::Stop);
         }
@@ -384,7 +404,8 @@ impl SupervisorActor {
             progress.last_phase_started = true;
         }
         // Phase 2: the plug-in that stops last.
-        let last: Vec<usize> = (0..self.entries.len()).filter(|i| self.entries[*i].spec.name.as_str() == STOPS_LAST).collect();
+        let last: Vec<usize> =
+            (0..self.entries.len()).filter(|i| self.entries[*i].spec.name.as_str() == STOPS_LAST).collect();
         for idx in last {
             self.apply_at_quiet(idx, Event::Stop);
         }
@@ -455,9 +476,5 @@ fn new_entry(spec: PluginSpec) -> Entry {
 /// Converts a monotonic instant to wall-clock time for display.
 fn to_system_time(t: Instant) -> SystemTime {
     let now = Instant::now();
-    if t <= now {
-        SystemTime::now() - now.duration_since(t)
-    } else {
-        SystemTime::now() + t.duration_since(now)
-    }
+    if t <= now { SystemTime::now() - now.duration_since(t) } else { SystemTime::now() + t.duration_since(now) }
 }

@@ -91,7 +91,8 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
     let Some(pid) = child.id() else {
         return ExitInfo { code: None, signal: None, reason: "child exited before it had a pid".into(), fatal: false };
     };
-    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take()) else {
+    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
         process::signal_group(pid, Signal::SIGKILL);
         let _ = child.wait().await;
         return ExitInfo { code: None, signal: None, reason: "child stdio was not piped".into(), fatal: true };
@@ -230,14 +231,19 @@ async fn handshake(ctx: &InstanceCtx, client: &RpcClient) -> Result<InitializeRe
                 protocol::SUPPORTED_PROTOCOL_VERSIONS
             )));
         }
-        Err(rpc::Error::Remote(e)) => return Err(fatal(format!("handshake failed: initialize returned: {}", e.message))),
+        Err(rpc::Error::Remote(e)) => {
+            return Err(fatal(format!("handshake failed: initialize returned: {}", e.message)));
+        }
         // The process went away; the caller reports its real exit status.
         Err(e) => return Err(Ending::Kill { reason: format!("handshake failed: {e}"), fatal: false }),
     };
     let init: InitializeResult = serde_json::from_value(value)
         .map_err(|e| fatal(format!("handshake failed: malformed initialize result: {e}")))?;
     if !protocol::SUPPORTED_PROTOCOL_VERSIONS.contains(&init.protocol_version) {
-        return Err(fatal(format!("handshake failed: plug-in chose protocol version {} which was not offered", init.protocol_version)));
+        return Err(fatal(format!(
+            "handshake failed: plug-in chose protocol version {} which was not offered",
+            init.protocol_version
+        )));
     }
     if init.plugin.name != spec.name.as_str() {
         return Err(fatal(format!(
@@ -337,7 +343,9 @@ async fn monitor(spec: Arc<PluginSpec>, client: RpcClient, out: mpsc::Sender<Ver
         if !junk_degraded && last_health.elapsed() >= t.health_interval() {
             last_health = tokio::time::Instant::now();
             let options = CallOptions { timeout: Some(Duration::from_secs(2)), stream: None };
-            if let Ok(Ok(health)) = client.call(methods::HEALTH, json!({}), options).await.map(serde_json::from_value::<Health>) {
+            if let Ok(Ok(health)) =
+                client.call(methods::HEALTH, json!({}), options).await.map(serde_json::from_value::<Health>)
+            {
                 let _ = out.send(Verdict::Health(health)).await;
             }
         }

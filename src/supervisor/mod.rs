@@ -208,7 +208,13 @@ impl SupervisorHandle {
     }
 
     /// Calls a method of a ready plug-in.
-    pub async fn call(&self, plugin: &str, method: &str, params: Value, options: CallOptions) -> Result<Value, rpc::Error> {
+    pub async fn call(
+        &self,
+        plugin: &str,
+        method: &str,
+        params: Value,
+        options: CallOptions,
+    ) -> Result<Value, rpc::Error> {
         let client = self.client(plugin).ok_or(rpc::Error::Unavailable)?;
         client.call(method, params, options).await
     }

@@ -73,13 +73,23 @@ pub enum Event {
     Enable,
     Disable,
     /// The handshake finished and `plugin.health` said `serving`.
-    Ready { generation: u64 },
+    Ready {
+        generation: u64,
+    },
     /// Health changed while running: `true` = serving, `false` = degraded or not serving.
-    Healthy { generation: u64, serving: bool },
+    Healthy {
+        generation: u64,
+        serving: bool,
+    },
     /// The process of `generation` is gone (reaped).
-    Exited { generation: u64, exit: ExitInfo },
+    Exited {
+        generation: u64,
+        exit: ExitInfo,
+    },
     /// The backoff timer of `generation` fired.
-    RestartDue { generation: u64 },
+    RestartDue {
+        generation: u64,
+    },
 }
 
 /// What the actor must do.
@@ -376,14 +386,21 @@ mod tests {
         let a = s.on_event(exit_event(&s, crash(1)), t1, 0.0).unwrap();
         assert_eq!(a, vec![Action::ScheduleRestart { generation: 1, delay: Duration::ZERO }]);
         assert_eq!(s.state, State::Backoff);
-        assert_eq!(s.on_event(Event::RestartDue { generation: 1 }, t1, 0.0).unwrap(), vec![Action::Spawn { generation: 2 }]);
+        assert_eq!(
+            s.on_event(Event::RestartDue { generation: 1 }, t1, 0.0).unwrap(),
+            vec![Action::Spawn { generation: 2 }]
+        );
         assert_eq!(s.restarts, 1);
         // A quick second crash waits 250 ms, then 500 ms.
         let a = s.on_event(exit_event(&s, crash(1)), t1, 0.0).unwrap();
         assert_eq!(a, vec![Action::ScheduleRestart { generation: 2, delay: Duration::from_millis(250) }]);
         s.on_event(Event::RestartDue { generation: 2 }, t1, 0.0).unwrap();
         let a = s.on_event(exit_event(&s, crash(1)), t1, 1.0).unwrap();
-        assert_eq!(a, vec![Action::ScheduleRestart { generation: 3, delay: Duration::from_millis(600) }], "+20 % jitter");
+        assert_eq!(
+            a,
+            vec![Action::ScheduleRestart { generation: 3, delay: Duration::from_millis(600) }],
+            "+20 % jitter"
+        );
     }
 
     #[test]
@@ -453,7 +470,8 @@ mod tests {
         never.on_event(Event::Start, t, 0.0).unwrap();
         assert_eq!(never.on_event(exit_event(&never, crash(1)), t, 0.0).unwrap(), vec![]);
         assert_eq!(never.state, State::Stopped);
-        let mut on_failure = Slot::new(RestartPolicy { mode: RestartMode::OnFailure, ..RestartPolicy::default() }, true);
+        let mut on_failure =
+            Slot::new(RestartPolicy { mode: RestartMode::OnFailure, ..RestartPolicy::default() }, true);
         on_failure.on_event(Event::Start, t, 0.0).unwrap();
         on_failure.on_event(exit_event(&on_failure, crash(0)), t, 0.0).unwrap();
         assert_eq!(on_failure.state, State::Stopped);

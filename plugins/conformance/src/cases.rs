@@ -12,9 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::PluginCommand;
-use crate::session::{
-    Msg, Reply, Session, describe_status, preview_bytes, preview_value, proc_stat,
-};
+use crate::session::{Msg, Reply, Session, describe_status, preview_bytes, preview_value, proc_stat};
 
 /// How long the plug-in gets to answer `initialize`.
 const STARTUP: Duration = Duration::from_secs(5);
@@ -52,9 +50,7 @@ fn initialize_params(s: &Session, cmd: &PluginCommand, versions: &[u32]) -> Valu
 
 fn expect_error(reply: Reply, code: i64, what: &str) -> Result<Option<Value>, String> {
     match reply {
-        Reply::Error {
-            code: got, data, ..
-        } if got == code => Ok(data),
+        Reply::Error { code: got, data, .. } if got == code => Ok(data),
         other => Err(format!("{what}: expected error {code}, got {other}")),
     }
 }
@@ -70,23 +66,16 @@ fn expect_object(reply: Reply, what: &str) -> Result<Value, String> {
 pub(crate) fn check_initialize_result(result: &Value) -> Result<Handshake, String> {
     let what = "the `initialize` result";
     if !result.is_object() {
-        return Err(format!(
-            "{what} is not an object: {}",
-            preview_value(result)
-        ));
+        return Err(format!("{what} is not an object: {}", preview_value(result)));
     }
     match result.get("protocolVersion") {
         Some(v) if v.as_u64() == Some(1) => {}
         Some(v) => {
-            return Err(format!(
-                "{what} has protocolVersion {v}, but the kit offered only [1]"
-            ));
+            return Err(format!("{what} has protocolVersion {v}, but the kit offered only [1]"));
         }
         None => return Err(format!("{what} has no protocolVersion")),
     }
-    let plugin = result
-        .get("plugin")
-        .ok_or_else(|| format!("{what} has no `plugin` object"))?;
+    let plugin = result.get("plugin").ok_or_else(|| format!("{what} has no `plugin` object"))?;
     for field in ["name", "version"] {
         match plugin.get(field).and_then(Value::as_str) {
             Some(s) if !s.is_empty() => {}
@@ -98,10 +87,8 @@ pub(crate) fn check_initialize_result(result: &Value) -> Result<Handshake, Strin
             }
         }
     }
-    let declared = result
-        .get("methods")
-        .and_then(Value::as_object)
-        .ok_or_else(|| format!("{what} has no `methods` object"))?;
+    let declared =
+        result.get("methods").and_then(Value::as_object).ok_or_else(|| format!("{what} has no `methods` object"))?;
     for (name, info) in declared {
         if !info.is_object() {
             return Err(format!("{what}: methods[{name:?}] is not an object"));
@@ -109,9 +96,7 @@ pub(crate) fn check_initialize_result(result: &Value) -> Result<Handshake, Strin
         if let Some(t) = info.get("timeoutMs")
             && t.as_u64().is_none()
         {
-            return Err(format!(
-                "{what}: methods[{name:?}].timeoutMs is not a non-negative integer: {t}"
-            ));
+            return Err(format!("{what}: methods[{name:?}].timeoutMs is not a non-negative integer: {t}"));
         }
     }
     if !result.get("capabilities").is_some_and(Value::is_object) {
@@ -135,20 +120,14 @@ pub(crate) fn check_initialize_result(result: &Value) -> Result<Handshake, Strin
         if let Some(v) = limits.get("maxConcurrentRequests")
             && v.as_u64().unwrap_or(0) == 0
         {
-            return Err(format!(
-                "{what}: limits.maxConcurrentRequests {v} is not a positive integer"
-            ));
+            return Err(format!("{what}: limits.maxConcurrentRequests {v} is not a positive integer"));
         }
     }
     Ok(Handshake { max_message_bytes })
 }
 
 /// `initialize` with the given versions; returns the reply unchecked.
-async fn initialize(
-    s: &mut Session,
-    cmd: &PluginCommand,
-    versions: &[u32],
-) -> Result<Reply, String> {
+async fn initialize(s: &mut Session, cmd: &PluginCommand, versions: &[u32]) -> Result<Reply, String> {
     let params = initialize_params(s, cmd, versions);
     s.call(methods::INITIALIZE, &params, STARTUP).await
 }
@@ -170,10 +149,7 @@ async fn prelude(s: &mut Session, cmd: &PluginCommand) -> Result<Handshake, Stri
 }
 
 async fn ping(s: &mut Session, what: &str) -> Result<(), String> {
-    let reply = s
-        .call(methods::PING, &json!({}), REPLY)
-        .await
-        .map_err(|e| format!("{what}: {e}"))?;
+    let reply = s.call(methods::PING, &json!({}), REPLY).await.map_err(|e| format!("{what}: {e}"))?;
     expect_object(reply, &format!("{what}: `$/ping`")).map(drop)
 }
 
@@ -184,55 +160,30 @@ pub(crate) async fn handshake(s: &mut Session, cmd: &PluginCommand) -> Result<()
 }
 
 /// Case 2: a request before `initialize` → `-32002`, and the handshake still works afterwards.
-pub(crate) async fn request_before_initialize(
-    s: &mut Session,
-    cmd: &PluginCommand,
-) -> Result<(), String> {
+pub(crate) async fn request_before_initialize(s: &mut Session, cmd: &PluginCommand) -> Result<(), String> {
     let reply = s.call(methods::PING, &json!({}), STARTUP).await?;
-    expect_error(
-        reply,
-        codes::NOT_INITIALIZED,
-        "`$/ping` before `initialize`",
-    )?;
-    open(s, cmd)
-        .await
-        .map(drop)
-        .map_err(|e| format!("handshake after the rejected request: {e}"))
+    expect_error(reply, codes::NOT_INITIALIZED, "`$/ping` before `initialize`")?;
+    open(s, cmd).await.map(drop).map_err(|e| format!("handshake after the rejected request: {e}"))
 }
 
 /// Case 3: `protocolVersions:[99]` → `-32014` with `data.supported` and `data.requested`.
 pub(crate) async fn version_mismatch(s: &mut Session, cmd: &PluginCommand) -> Result<(), String> {
     let reply = initialize(s, cmd, &[99]).await?;
     let what = "`initialize` with protocolVersions [99]";
-    let data =
-        expect_error(reply, codes::UNSUPPORTED_PROTOCOL_VERSION, what)?.ok_or_else(|| {
-            format!("{what}: the error has no `data` (expected {{supported, requested}})")
-        })?;
+    let data = expect_error(reply, codes::UNSUPPORTED_PROTOCOL_VERSION, what)?
+        .ok_or_else(|| format!("{what}: the error has no `data` (expected {{supported, requested}})"))?;
     let supported = data
         .get("supported")
         .and_then(Value::as_array)
-        .ok_or_else(|| {
-            format!(
-                "{what}: data.supported is not an array: {}",
-                preview_value(&data)
-            )
-        })?;
+        .ok_or_else(|| format!("{what}: data.supported is not an array: {}", preview_value(&data)))?;
     if supported.is_empty() || !supported.iter().all(|v| v.as_u64().is_some()) {
-        return Err(format!(
-            "{what}: data.supported is not a non-empty list of versions: {}",
-            preview_value(&data)
-        ));
+        return Err(format!("{what}: data.supported is not a non-empty list of versions: {}", preview_value(&data)));
     }
     if supported.iter().any(|v| v.as_u64() == Some(99)) {
-        return Err(format!(
-            "{what}: data.supported contains 99, yet the version was refused"
-        ));
+        return Err(format!("{what}: data.supported contains 99, yet the version was refused"));
     }
     if data.get("requested") != Some(&json!([99])) {
-        return Err(format!(
-            "{what}: data.requested is not [99]: {}",
-            preview_value(&data)
-        ));
+        return Err(format!("{what}: data.requested is not [99]: {}", preview_value(&data)));
     }
     Ok(())
 }
@@ -246,15 +197,9 @@ pub(crate) async fn ping_case(s: &mut Session, cmd: &PluginCommand) -> Result<()
     }
     let until = Instant::now() + REPLY;
     while !pending.is_empty() {
-        match s
-            .next(until)
-            .await
-            .map_err(|e| format!("waiting for `$/ping` responses: {e}"))?
-        {
+        match s.next(until).await.map_err(|e| format!("waiting for `$/ping` responses: {e}"))? {
             None => {
-                return Err(format!(
-                    "no response to `$/ping` ids {pending:?} within {REPLY:?}"
-                ));
+                return Err(format!("no response to `$/ping` ids {pending:?} within {REPLY:?}"));
             }
             Some(Msg::Response { id, reply }) => {
                 let Some(pos) = pending.iter().position(|p| *p == id) else {
@@ -265,9 +210,7 @@ pub(crate) async fn ping_case(s: &mut Session, cmd: &PluginCommand) -> Result<()
             }
             Some(Msg::Notification { .. }) => {}
             Some(Msg::Closed(note)) => {
-                return Err(format!(
-                    "the plug-in closed its stdout before answering `$/ping`; {note}"
-                ));
+                return Err(format!("the plug-in closed its stdout before answering `$/ping`; {note}"));
             }
         }
     }
@@ -285,14 +228,10 @@ pub(crate) async fn unknown_method(s: &mut Session, cmd: &PluginCommand) -> Resu
 }
 
 /// Case 6: an unknown `$/` notification is ignored: nothing answers it and `$/ping` still works.
-pub(crate) async fn unknown_notification(
-    s: &mut Session,
-    cmd: &PluginCommand,
-) -> Result<(), String> {
+pub(crate) async fn unknown_notification(s: &mut Session, cmd: &PluginCommand) -> Result<(), String> {
     prelude(s, cmd).await?;
     s.stray_notifications.clear();
-    s.notify("$/whatever", &json!({"conformance": true}))
-        .await?;
+    s.notify("$/whatever", &json!({"conformance": true})).await?;
     // Notifications are handled in order, so anything sent in reaction arrives before the pong.
     ping(s, "after the `$/whatever` notification").await?;
     if !s.stray_notifications.is_empty() {
@@ -308,23 +247,14 @@ pub(crate) async fn unknown_notification(
 pub(crate) async fn malformed(s: &mut Session, cmd: &PluginCommand) -> Result<(), String> {
     prelude(s, cmd).await?;
     s.send_raw(b"this is not json {\n").await?;
-    let reply = s
-        .response(&Value::Null, "a junk line (expected id null)", REPLY)
-        .await?;
+    let reply = s.response(&Value::Null, "a junk line (expected id null)", REPLY).await?;
     expect_error(reply, codes::PARSE_ERROR, "a junk line")?;
 
     // A batch holding a valid ping: it must be refused as a whole, the ping must not be answered.
     let inner = s.alloc_id();
-    let batch =
-        format!("[{{\"jsonrpc\":\"2.0\",\"id\":{inner},\"method\":\"$/ping\",\"params\":{{}}}}]\n");
+    let batch = format!("[{{\"jsonrpc\":\"2.0\",\"id\":{inner},\"method\":\"$/ping\",\"params\":{{}}}}]\n");
     s.send_raw(batch.as_bytes()).await?;
-    let reply = s
-        .response(
-            &Value::Null,
-            "a batch (expected one response with id null)",
-            REPLY,
-        )
-        .await?;
+    let reply = s.response(&Value::Null, "a batch (expected one response with id null)", REPLY).await?;
     expect_error(reply, codes::INVALID_REQUEST, "a batch")?;
     ping(s, "after the junk line and the batch").await
 }
@@ -334,9 +264,7 @@ pub(crate) async fn oversized_line(s: &mut Session, cmd: &PluginCommand) -> Resu
     let handshake = prelude(s, cmd).await?;
     let total = handshake.max_message_bytes + 1024 * 1024;
     let big_id = s.alloc_id();
-    let prefix = format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":{big_id},\"method\":\"$/ping\",\"params\":{{\"pad\":\""
-    );
+    let prefix = format!("{{\"jsonrpc\":\"2.0\",\"id\":{big_id},\"method\":\"$/ping\",\"params\":{{\"pad\":\"");
     let suffix = "\"}}";
     let mut line = Vec::with_capacity(total + 1);
     line.extend_from_slice(prefix.as_bytes());
@@ -363,27 +291,17 @@ pub(crate) async fn oversized_line(s: &mut Session, cmd: &PluginCommand) -> Resu
         }
         Ok(Err(e)) => return Err(format!("the writer task failed: {e}")),
         Ok(Ok((_, Err(e)))) => {
-            return Err(format!(
-                "writing the {total}-byte line failed ({e}); {}",
-                s.exit_note().await
-            ));
+            return Err(format!("writing the {total}-byte line failed ({e}); {}", s.exit_note().await));
         }
         Ok(Ok((stdin, Ok(())))) => s.restore_stdin(stdin),
     }
 
-    let what = format!(
-        "`$/ping` after a {total}-byte line (cap {})",
-        handshake.max_message_bytes
-    );
+    let what = format!("`$/ping` after a {total}-byte line (cap {})", handshake.max_message_bytes);
     let id = s.request(methods::PING, &json!({})).await?;
     let until = Instant::now() + REPLY;
     let big = Value::from(big_id);
     loop {
-        match s
-            .next(until)
-            .await
-            .map_err(|e| format!("waiting for {what}: {e}"))?
-        {
+        match s.next(until).await.map_err(|e| format!("waiting for {what}: {e}"))? {
             None => return Err(format!("no response to {what} within {REPLY:?}")),
             Some(Msg::Response { id: got, reply }) if got == id => {
                 return expect_object(reply, &what).map(drop);
@@ -396,20 +314,13 @@ pub(crate) async fn oversized_line(s: &mut Session, cmd: &PluginCommand) -> Resu
                 ));
             }
             // An error without an id about the discarded line is tolerated.
-            Some(Msg::Response {
-                id: got,
-                reply: Reply::Error { .. },
-            }) if got.is_null() => {}
+            Some(Msg::Response { id: got, reply: Reply::Error { .. } }) if got.is_null() => {}
             Some(Msg::Response { id: got, reply }) => {
-                return Err(format!(
-                    "got a response for unexpected id {got} ({reply}) while waiting for {what}"
-                ));
+                return Err(format!("got a response for unexpected id {got} ({reply}) while waiting for {what}"));
             }
             Some(Msg::Notification { .. }) => {}
             Some(Msg::Closed(note)) => {
-                return Err(format!(
-                    "the plug-in closed its stdout after the oversized line; {note}"
-                ));
+                return Err(format!("the plug-in closed its stdout after the oversized line; {note}"));
             }
         }
     }
@@ -427,24 +338,15 @@ impl StreamSeq {
         if method != methods::STREAM || params.get("id") != Some(&self.id) {
             return Ok(false);
         }
-        let seq = params.get("seq").and_then(Value::as_u64).ok_or_else(|| {
-            format!(
-                "`$/stream` for id {} has no integer seq: {}",
-                self.id,
-                preview_value(params)
-            )
-        })?;
+        let seq = params
+            .get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| format!("`$/stream` for id {} has no integer seq: {}", self.id, preview_value(params)))?;
         if seq != self.next {
-            return Err(format!(
-                "`$/stream` for id {}: seq {seq}, expected {}",
-                self.id, self.next
-            ));
+            return Err(format!("`$/stream` for id {}: seq {seq}, expected {}", self.id, self.next));
         }
         if params.get("data").is_none() {
-            return Err(format!(
-                "`$/stream` for id {} seq {seq} has no data",
-                self.id
-            ));
+            return Err(format!("`$/stream` for id {} seq {seq} has no data", self.id));
         }
         self.next += 1;
         Ok(true)
@@ -460,22 +362,14 @@ pub(crate) async fn cancellation(s: &mut Session, cmd: &PluginCommand) -> Result
     prelude(s, cmd).await?;
     let mut params = params.clone();
     if let Some(obj) = params.as_object_mut() {
-        obj.entry("_meta")
-            .or_insert_with(|| json!({"deadlineMs": 60_000}));
+        obj.entry("_meta").or_insert_with(|| json!({"deadlineMs": 60_000}));
     }
     let id = s.request(method, &params).await?;
-    let mut chunks = StreamSeq {
-        id: id.clone(),
-        next: 0,
-    };
+    let mut chunks = StreamSeq { id: id.clone(), next: 0 };
 
     // Let it get going, watching for an early answer.
     let settle = Instant::now() + SETTLE;
-    while let Some(msg) = s
-        .next(settle)
-        .await
-        .map_err(|e| format!("while `{method}` ran: {e}"))?
-    {
+    while let Some(msg) = s.next(settle).await.map_err(|e| format!("while `{method}` ran: {e}"))? {
         match msg {
             Msg::Response { id: got, reply } if got == id => {
                 return Err(format!(
@@ -490,25 +384,15 @@ pub(crate) async fn cancellation(s: &mut Session, cmd: &PluginCommand) -> Result
                 chunks.check(&m, &params)?;
             }
             Msg::Closed(note) => {
-                return Err(format!(
-                    "the plug-in closed its stdout while `{method}` ran; {note}"
-                ));
+                return Err(format!("the plug-in closed its stdout while `{method}` ran; {note}"));
             }
         }
     }
 
-    s.notify(
-        methods::CANCEL,
-        &json!({"id": id, "reason": "conformance kit"}),
-    )
-    .await?;
+    s.notify(methods::CANCEL, &json!({"id": id, "reason": "conformance kit"})).await?;
     let final_by = Instant::now() + CANCEL_FINAL;
     loop {
-        match s
-            .next(final_by)
-            .await
-            .map_err(|e| format!("after `$/cancelRequest`: {e}"))?
-        {
+        match s.next(final_by).await.map_err(|e| format!("after `$/cancelRequest`: {e}"))? {
             None => {
                 return Err(format!(
                     "no final response for the cancelled `{method}` (id {id}) within {CANCEL_FINAL:?} of \
@@ -519,9 +403,7 @@ pub(crate) async fn cancellation(s: &mut Session, cmd: &PluginCommand) -> Result
                 Reply::Result(_) => break,
                 Reply::Error { code, .. } if code == codes::REQUEST_CANCELLED => break,
                 other => {
-                    return Err(format!(
-                        "the cancelled `{method}` ended with {other}; expected its result or -32800"
-                    ));
+                    return Err(format!("the cancelled `{method}` ended with {other}; expected its result or -32800"));
                 }
             },
             Some(Msg::Response { id: got, reply }) => {
@@ -540,26 +422,17 @@ pub(crate) async fn cancellation(s: &mut Session, cmd: &PluginCommand) -> Result
     }
 
     let quiet_until = Instant::now() + QUIET;
-    while let Some(msg) = s
-        .next(quiet_until)
-        .await
-        .map_err(|e| format!("after the final response: {e}"))?
-    {
+    while let Some(msg) = s.next(quiet_until).await.map_err(|e| format!("after the final response: {e}"))? {
         match msg {
             Msg::Response { id: got, reply } if got == id => {
-                return Err(format!(
-                    "a second response for the cancelled id {id}: {reply}"
-                ));
+                return Err(format!("a second response for the cancelled id {id}: {reply}"));
             }
             Msg::Response { id: got, reply } => {
                 return Err(format!("got a response for unexpected id {got} ({reply})"));
             }
             Msg::Notification { method: m, params } => {
                 if m == methods::STREAM && params.get("id") == Some(&id) {
-                    return Err(format!(
-                        "`$/stream` for id {id} after its final response: {}",
-                        preview_value(&params)
-                    ));
+                    return Err(format!("`$/stream` for id {id} after its final response: {}", preview_value(&params)));
                 }
             }
             // EOF after the final response is not this case's concern.
@@ -579,15 +452,10 @@ pub(crate) async fn shutdown(s: &mut Session, cmd: &PluginCommand) -> Result<(),
     }
     // `$/ping` may still be answered after shutdown; any other request must be refused.
     match s.request(methods::HEALTH, &json!({})).await {
-        Ok(id) => match s
-            .response(&id, "`plugin.health` after `shutdown`", REPLY)
-            .await
-        {
+        Ok(id) => match s.response(&id, "`plugin.health` after `shutdown`", REPLY).await {
             Ok(Reply::Error { code, .. }) if code == codes::SHUTTING_DOWN => {}
             Ok(other) => {
-                return Err(format!(
-                    "`plugin.health` after `shutdown` got {other}; expected error -32010"
-                ));
+                return Err(format!("`plugin.health` after `shutdown` got {other}; expected error -32010"));
             }
             Err(_) if s.has_exited() => {}
             Err(e) => return Err(e),
@@ -596,10 +464,7 @@ pub(crate) async fn shutdown(s: &mut Session, cmd: &PluginCommand) -> Result<(),
         Err(e) => return Err(e),
     }
     s.close_stdin();
-    let status = s
-        .wait_exit(EXIT)
-        .await
-        .map_err(|e| format!("after `shutdown` and stdin EOF the plug-in is {e}"))?;
+    let status = s.wait_exit(EXIT).await.map_err(|e| format!("after `shutdown` and stdin EOF the plug-in is {e}"))?;
     if status.code() != Some(0) {
         return Err(format!(
             "after `shutdown` and stdin EOF the plug-in exited with {}; expected code 0 (stderr: {:?})",
@@ -614,36 +479,23 @@ pub(crate) async fn shutdown(s: &mut Session, cmd: &PluginCommand) -> Result<(),
 pub(crate) async fn exit_on_eof(s: &mut Session, cmd: &PluginCommand) -> Result<(), String> {
     prelude(s, cmd).await?;
     s.close_stdin();
-    s.wait_exit(EXIT).await.map(drop).map_err(|e| {
-        format!("after stdin EOF (without `shutdown`) the plug-in is {e}; it must exit on EOF")
-    })
+    s.wait_exit(EXIT)
+        .await
+        .map(drop)
+        .map_err(|e| format!("after stdin EOF (without `shutdown`) the plug-in is {e}; it must exit on EOF"))
 }
 
 /// Case 12: the plug-in's parent dies while its stdin stays open → it exits within 3 s.
-pub(crate) async fn exit_when_parent_dies(
-    s: &mut Session,
-    cmd: &PluginCommand,
-) -> Result<(), String> {
-    let line = s
-        .next_raw_line(STARTUP)
-        .await
-        .map_err(|e| format!("the parent shell printed no pid: {e}"))?;
+pub(crate) async fn exit_when_parent_dies(s: &mut Session, cmd: &PluginCommand) -> Result<(), String> {
+    let line = s.next_raw_line(STARTUP).await.map_err(|e| format!("the parent shell printed no pid: {e}"))?;
     let pid: i32 = std::str::from_utf8(&line)
         .ok()
         .and_then(|t| t.trim().parse().ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| {
-            format!(
-                "the parent shell's first line is not a pid: {}",
-                preview_bytes(&line)
-            )
-        })?;
-    let stat = proc_stat(pid).filter(|st| st.state != 'Z').ok_or_else(|| {
-        format!(
-            "the plug-in (pid {pid}) exited at once; its stderr: {:?}",
-            s.stderr_snippet()
-        )
-    })?;
+        .ok_or_else(|| format!("the parent shell's first line is not a pid: {}", preview_bytes(&line)))?;
+    let stat = proc_stat(pid)
+        .filter(|st| st.state != 'Z')
+        .ok_or_else(|| format!("the plug-in (pid {pid}) exited at once; its stderr: {:?}", s.stderr_snippet()))?;
     s.set_orphan(pid, stat.start_time);
     // The handshake proves its startup is over (the SDK records its parent pid at startup).
     prelude(s, cmd).await?;
@@ -685,18 +537,10 @@ mod tests {
 
     #[test]
     fn accepts_a_good_initialize_result_and_reads_the_cap() {
-        assert_eq!(
-            check_initialize_result(&good()).unwrap().max_message_bytes,
-            65536
-        );
+        assert_eq!(check_initialize_result(&good()).unwrap().max_message_bytes, 65536);
         let mut no_limits = good();
         no_limits.as_object_mut().unwrap().remove("limits");
-        assert_eq!(
-            check_initialize_result(&no_limits)
-                .unwrap()
-                .max_message_bytes,
-            DEFAULT_MAX_MESSAGE_BYTES
-        );
+        assert_eq!(check_initialize_result(&no_limits).unwrap().max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES);
     }
 
     #[test]
@@ -707,10 +551,7 @@ mod tests {
             ("methods", json!([])),
             ("capabilities", Value::Null),
             ("limits", json!({"maxMessageBytes": 0})),
-            (
-                "limits",
-                json!({"maxMessageBytes": DEFAULT_MAX_MESSAGE_BYTES + 1}),
-            ),
+            ("limits", json!({"maxMessageBytes": DEFAULT_MAX_MESSAGE_BYTES + 1})),
         ];
         for (key, value) in cases {
             let mut v = good();
@@ -722,21 +563,9 @@ mod tests {
 
     #[test]
     fn stream_seq_must_count_from_zero() {
-        let mut seq = StreamSeq {
-            id: json!(4),
-            next: 0,
-        };
-        assert!(
-            seq.check("$/stream", &json!({"id": 4, "seq": 0, "data": 1}))
-                .unwrap()
-        );
-        assert!(
-            !seq.check("$/stream", &json!({"id": 5, "seq": 9, "data": 1}))
-                .unwrap()
-        );
-        assert!(
-            seq.check("$/stream", &json!({"id": 4, "seq": 2, "data": 1}))
-                .is_err()
-        );
+        let mut seq = StreamSeq { id: json!(4), next: 0 };
+        assert!(seq.check("$/stream", &json!({"id": 4, "seq": 0, "data": 1})).unwrap());
+        assert!(!seq.check("$/stream", &json!({"id": 5, "seq": 9, "data": 1})).unwrap());
+        assert!(seq.check("$/stream", &json!({"id": 4, "seq": 2, "data": 1})).is_err());
     }
 }

@@ -235,17 +235,12 @@ impl Report {
 
     /// The failed cases.
     pub fn failures(&self) -> impl Iterator<Item = &CaseResult> {
-        self.results
-            .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Fail(_)))
+        self.results.iter().filter(|r| matches!(r.outcome, Outcome::Fail(_)))
     }
 
     /// The verdict of `case`, if it ran.
     pub fn outcome(&self, case: Case) -> Option<&Outcome> {
-        self.results
-            .iter()
-            .find(|r| r.case == case)
-            .map(|r| &r.outcome)
+        self.results.iter().find(|r| r.case == case).map(|r| &r.outcome)
     }
 
     /// "12 cases: 11 passed, 0 failed, 1 skipped".
@@ -288,11 +283,7 @@ pub async fn run_cases(cmd: &PluginCommand, cases: &[Case]) -> Report {
 pub async fn run_case(case: Case, cmd: &PluginCommand) -> CaseResult {
     let started = std::time::Instant::now();
     let outcome = run_case_inner(case, cmd).await;
-    CaseResult {
-        case,
-        outcome,
-        elapsed: started.elapsed(),
-    }
+    CaseResult { case, outcome, elapsed: started.elapsed() }
 }
 
 async fn run_case_inner(case: Case, cmd: &PluginCommand) -> Outcome {
@@ -303,22 +294,15 @@ async fn run_case_inner(case: Case, cmd: &PluginCommand) -> Outcome {
                 .into(),
         );
     }
-    let launch = if case == Case::ExitWhenParentDies {
-        Launch::ViaShell
-    } else {
-        Launch::Direct
-    };
+    let launch = if case == Case::ExitWhenParentDies { Launch::ViaShell } else { Launch::Direct };
     let mut session = match Session::spawn(cmd, launch, CASE_DEADLINE) {
         Ok(s) => s,
         Err(e) => return Outcome::Fail(e),
     };
     // Every wait inside is bounded by the session's deadline; this is the backstop.
-    let verdict = tokio::time::timeout(
-        CASE_DEADLINE + Duration::from_secs(1),
-        dispatch(case, &mut session, cmd),
-    )
-    .await
-    .unwrap_or_else(|_| Err(format!("the case did not finish within {CASE_DEADLINE:?}")));
+    let verdict = tokio::time::timeout(CASE_DEADLINE + Duration::from_secs(1), dispatch(case, &mut session, cmd))
+        .await
+        .unwrap_or_else(|_| Err(format!("the case did not finish within {CASE_DEADLINE:?}")));
     session.teardown().await;
     match verdict {
         Ok(()) => Outcome::Pass,

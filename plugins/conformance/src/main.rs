@@ -26,12 +26,7 @@ struct Args {
     #[arg(long, value_name = "NAME")]
     slow_method: Option<String>,
     /// Params of the slow method; add "stream":true to cover streaming.
-    #[arg(
-        long,
-        value_name = "JSON",
-        default_value = "{}",
-        requires = "slow_method"
-    )]
+    #[arg(long, value_name = "JSON", default_value = "{}", requires = "slow_method")]
     slow_params: String,
     /// Run only this case (repeatable); see --list.
     #[arg(long = "case", value_name = "NAME")]
@@ -40,11 +35,7 @@ struct Args {
     #[arg(long)]
     list: bool,
     /// The plug-in program and its arguments, after `--`.
-    #[arg(
-        last = true,
-        value_name = "PROGRAM [ARGS]",
-        required_unless_present = "list"
-    )]
+    #[arg(last = true, value_name = "PROGRAM [ARGS]", required_unless_present = "list")]
     command: Vec<String>,
 }
 
@@ -63,9 +54,7 @@ fn build(args: &Args) -> Result<(PluginCommand, Vec<Case>), String> {
     }
     cmd = cmd.config(config);
     for pair in &args.env {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("--env {pair:?}: expected KEY=VALUE"))?;
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("--env {pair:?}: expected KEY=VALUE"))?;
         cmd = cmd.env(key, value);
     }
     if let Some(method) = &args.slow_method {
@@ -80,9 +69,7 @@ fn build(args: &Args) -> Result<(PluginCommand, Vec<Case>), String> {
     } else {
         args.cases
             .iter()
-            .map(|n| {
-                Case::from_name(n).ok_or_else(|| format!("--case {n:?}: no such case (see --list)"))
-            })
+            .map(|n| Case::from_name(n).ok_or_else(|| format!("--case {n:?}: no such case (see --list)")))
             .collect::<Result<_, _>>()?
     };
     Ok((cmd, cases))
@@ -128,11 +115,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bkg-conformance: cannot start the async runtime: {e}");
@@ -140,9 +123,5 @@ fn main() -> ExitCode {
         }
     };
     let report = runtime.block_on(run(cmd, cases));
-    if report.passed() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

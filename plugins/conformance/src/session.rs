@@ -39,8 +39,7 @@ const REAP_WAIT: Duration = Duration::from_secs(2);
 /// plug-in through fd 3, because a non-interactive shell points the stdin of a background job at
 /// `/dev/null` before applying explicit redirections. It prints the plug-in's pid and then waits,
 /// so that it outlives the plug-in's startup; the kit SIGKILLs it once the handshake is done.
-const PARENT_SHELL_SCRIPT: &str =
-    "exec 3<&0 0</dev/null\n\"$@\" <&3 3<&- &\necho $!\nexec 3<&-\nwait\n";
+const PARENT_SHELL_SCRIPT: &str = "exec 3<&0 0</dev/null\n\"$@\" <&3 3<&- &\necho $!\nexec 3<&-\nwait\n";
 
 /// How the plug-in is started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,11 +74,7 @@ pub(crate) enum Msg {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Reply {
     Result(Value),
-    Error {
-        code: i64,
-        message: String,
-        data: Option<Value>,
-    },
+    Error { code: i64, message: String, data: Option<Value> },
 }
 
 impl std::fmt::Display for Reply {
@@ -134,16 +129,13 @@ impl StderrTail {
         let text = String::from_utf8_lossy(&[a, b].concat()).into_owned();
         let text = text.trim();
         let count = text.chars().count();
-        text.chars()
-            .skip(count.saturating_sub(STDERR_SNIPPET_CHARS))
-            .collect()
+        text.chars().skip(count.saturating_sub(STDERR_SNIPPET_CHARS)).collect()
     }
 }
 
 fn lock(tail: &Mutex<StderrTail>) -> std::sync::MutexGuard<'_, StderrTail> {
     // A poisoned tail only means a drain task panicked mid-push; the bytes are still usable.
-    tail.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    tail.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A plug-in (or its intermediate parent shell) under test.
@@ -171,11 +163,7 @@ pub(crate) struct Session {
 impl Session {
     /// Spawns the plug-in: cleared environment plus PATH, HOME and the svp/1 variables, all three
     /// stdio streams piped, its own process group, a fresh data directory as working directory.
-    pub(crate) fn spawn(
-        cmd: &PluginCommand,
-        launch: Launch,
-        case_deadline: Duration,
-    ) -> Result<Self, String> {
+    pub(crate) fn spawn(cmd: &PluginCommand, launch: Launch, case_deadline: Duration) -> Result<Self, String> {
         let data_dir = tempfile::Builder::new()
             .prefix("bkg-conformance-")
             .tempdir()
@@ -189,11 +177,7 @@ impl Session {
             }
             Launch::ViaShell => {
                 let mut c = Command::new("/bin/sh");
-                c.arg("-c")
-                    .arg(PARENT_SHELL_SCRIPT)
-                    .arg("sh")
-                    .arg(&program)
-                    .args(&cmd.args);
+                c.arg("-c").arg(PARENT_SHELL_SCRIPT).arg("sh").arg(&program).args(&cmd.args);
                 c
             }
         };
@@ -203,10 +187,7 @@ impl Session {
                 command.env(key, value);
             }
         }
-        command
-            .env(COOKIE_ENV, COOKIE_VALUE)
-            .env(TRANSPORT_ENV, "stdio")
-            .env(LOG_ENV, "info");
+        command.env(COOKIE_ENV, COOKIE_VALUE).env(TRANSPORT_ENV, "stdio").env(LOG_ENV, "info");
         for (key, value) in &cmd.env {
             command.env(key, value);
         }
@@ -217,15 +198,12 @@ impl Session {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;
+        let mut child = command.spawn().map_err(|e| format!("cannot spawn {}: {e}", program.display()))?;
         let pid = child
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .ok_or_else(|| "the spawned process has no pid".to_string())?;
-        let (Some(stdin), Some(stdout), Some(stderr)) =
-            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             // Not reachable with three `Stdio::piped()`; still, never leave the process behind.
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -286,14 +264,8 @@ impl Session {
         })
         .await;
         match written {
-            Err(_) => Err(format!(
-                "{} while writing to stdin (the plug-in stopped reading it)",
-                self.deadline_error()
-            )),
-            Ok(Err(e)) => Err(format!(
-                "writing to the plug-in's stdin failed ({e}); {}",
-                self.exit_note().await
-            )),
+            Err(_) => Err(format!("{} while writing to stdin (the plug-in stopped reading it)", self.deadline_error())),
+            Ok(Err(e)) => Err(format!("writing to the plug-in's stdin failed ({e}); {}", self.exit_note().await)),
             Ok(Ok(())) => Ok(()),
         }
     }
@@ -302,46 +274,28 @@ impl Session {
     pub(crate) async fn request(&mut self, method: &str, params: &Value) -> Result<Value, String> {
         let id = self.alloc_id();
         let line = protocol::encode_request(&RequestId::from(id), method, params);
-        self.send_raw(&line)
-            .await
-            .map_err(|e| format!("sending `{method}`: {e}"))?;
+        self.send_raw(&line).await.map_err(|e| format!("sending `{method}`: {e}"))?;
         Ok(Value::from(id))
     }
 
     /// Sends a notification.
     pub(crate) async fn notify(&mut self, method: &str, params: &Value) -> Result<(), String> {
         let line = protocol::encode_notification(method, params);
-        self.send_raw(&line)
-            .await
-            .map_err(|e| format!("sending `{method}`: {e}"))
+        self.send_raw(&line).await.map_err(|e| format!("sending `{method}`: {e}"))
     }
 
     /// Sends a request and waits up to `within` for its response.
-    pub(crate) async fn call(
-        &mut self,
-        method: &str,
-        params: &Value,
-        within: Duration,
-    ) -> Result<Reply, String> {
+    pub(crate) async fn call(&mut self, method: &str, params: &Value, within: Duration) -> Result<Reply, String> {
         let id = self.request(method, params).await?;
-        self.response(&id, &format!("`{method}` (id {id})"), within)
-            .await
+        self.response(&id, &format!("`{method}` (id {id})"), within).await
     }
 
     /// Waits up to `within` for the response with `id`. Notifications on the way are recorded in
     /// [`Session::stray_notifications`]; a response for another id, junk or EOF fails.
-    pub(crate) async fn response(
-        &mut self,
-        id: &Value,
-        what: &str,
-        within: Duration,
-    ) -> Result<Reply, String> {
+    pub(crate) async fn response(&mut self, id: &Value, what: &str, within: Duration) -> Result<Reply, String> {
         let until = Instant::now() + within;
         loop {
-            let msg = self
-                .next(until)
-                .await
-                .map_err(|e| format!("waiting for the response to {what}: {e}"))?;
+            let msg = self.next(until).await.map_err(|e| format!("waiting for the response to {what}: {e}"))?;
             match msg {
                 None => return Err(format!("no response to {what} within {within:?}")),
                 Some(Msg::Response { id: got, reply }) if got == *id => return Ok(reply),
@@ -352,9 +306,7 @@ impl Session {
                 }
                 Some(Msg::Notification { method, .. }) => self.stray_notifications.push(method),
                 Some(Msg::Closed(note)) => {
-                    return Err(format!(
-                        "the plug-in closed its stdout before answering {what}; {note}"
-                    ));
+                    return Err(format!("the plug-in closed its stdout before answering {what}; {note}"));
                 }
             }
         }
@@ -365,15 +317,13 @@ impl Session {
     pub(crate) async fn next(&mut self, until: Instant) -> Result<Option<Msg>, String> {
         match self.next_frame(until).await? {
             None => Ok(None),
-            Some(Incoming::Frame(Frame::Line(line))) => classify(&line)
-                .map(Some)
-                .map_err(|e| format!("the plug-in {e}")),
+            Some(Incoming::Frame(Frame::Line(line))) => {
+                classify(&line).map(Some).map_err(|e| format!("the plug-in {e}"))
+            }
             Some(Incoming::Frame(Frame::Oversized(n))) => Err(format!(
                 "the plug-in wrote a {n}-byte line to stdout, over the {DEFAULT_MAX_MESSAGE_BYTES}-byte protocol cap"
             )),
-            Some(Incoming::Frame(Frame::Truncated(_))) => {
-                Err("the plug-in wrote an over-long line to stdout".into())
-            }
+            Some(Incoming::Frame(Frame::Truncated(_))) => Err("the plug-in wrote an over-long line to stdout".into()),
             Some(Incoming::Eof) => Ok(Some(Msg::Closed(self.exit_note().await))),
             Some(Incoming::Failed(e)) => Err(format!("reading the plug-in's stdout failed: {e}")),
         }
@@ -403,9 +353,7 @@ impl Session {
 
     /// Takes the stdin pipe (for a writer task); the session no longer writes after this.
     pub(crate) fn take_stdin(&mut self) -> Result<ChildStdin, String> {
-        self.stdin
-            .take()
-            .ok_or_else(|| "the kit already closed the plug-in's stdin".to_string())
+        self.stdin.take().ok_or_else(|| "the kit already closed the plug-in's stdin".to_string())
     }
 
     /// Gives a stdin pipe taken with [`Session::take_stdin`] back.
@@ -462,10 +410,7 @@ impl Session {
                 Ok(status)
             }
             Ok(Err(e)) => Err(format!("waiting for pid {} failed: {e}", self.pid)),
-            Err(_) => Err(format!(
-                "pid {} was not reaped within {REAP_WAIT:?} of SIGKILL",
-                self.pid
-            )),
+            Err(_) => Err(format!("pid {} was not reaped within {REAP_WAIT:?} of SIGKILL", self.pid)),
         }
     }
 
@@ -610,23 +555,13 @@ pub(crate) fn preview_value(value: &Value) -> String {
 
 /// Checks one stdout line against the svp/1 message rules (protocol.md §2.3) and classifies it.
 pub(crate) fn classify(line: &[u8]) -> Result<Msg, String> {
-    let value: Value = serde_json::from_slice(line).map_err(|_| {
-        format!(
-            "wrote a line that is not JSON to stdout: {}",
-            preview_bytes(line)
-        )
-    })?;
+    let value: Value = serde_json::from_slice(line)
+        .map_err(|_| format!("wrote a line that is not JSON to stdout: {}", preview_bytes(line)))?;
     let Value::Object(obj) = &value else {
-        return Err(format!(
-            "wrote a JSON line that is not an object: {}",
-            preview_value(&value)
-        ));
+        return Err(format!("wrote a JSON line that is not an object: {}", preview_value(&value)));
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
-        return Err(format!(
-            "wrote a message without \"jsonrpc\":\"2.0\": {}",
-            preview_value(&value)
-        ));
+        return Err(format!("wrote a message without \"jsonrpc\":\"2.0\": {}", preview_value(&value)));
     }
     match (obj.get("method"), obj.get("id")) {
         (Some(method), Some(id)) => Err(format!(
@@ -634,68 +569,40 @@ pub(crate) fn classify(line: &[u8]) -> Result<Msg, String> {
             preview_value(&value)
         )),
         (Some(Value::String(method)), None) => {
-            let params = obj
-                .get("params")
-                .cloned()
-                .unwrap_or_else(|| Value::Object(Default::default()));
+            let params = obj.get("params").cloned().unwrap_or_else(|| Value::Object(Default::default()));
             if !params.is_object() {
-                return Err(format!(
-                    "sent notification `{method}` whose params are not an object"
-                ));
+                return Err(format!("sent notification `{method}` whose params are not an object"));
             }
-            Ok(Msg::Notification {
-                method: method.clone(),
-                params,
-            })
+            Ok(Msg::Notification { method: method.clone(), params })
         }
-        (Some(_), None) => Err(format!(
-            "sent a message whose method is not a string: {}",
-            preview_value(&value)
-        )),
+        (Some(_), None) => Err(format!("sent a message whose method is not a string: {}", preview_value(&value))),
         (None, Some(id)) => {
             if !(id.is_null() || id.is_string() || id.is_i64() || id.is_u64()) {
-                return Err(format!(
-                    "sent a response whose id is not an integer, string or null: {id}"
-                ));
+                return Err(format!("sent a response whose id is not an integer, string or null: {id}"));
             }
             let reply = match (obj.get("result"), obj.get("error")) {
                 (Some(result), None) => Reply::Result(result.clone()),
-                (None, Some(error)) => parse_error(error).ok_or_else(|| {
-                    format!("sent a malformed error object: {}", preview_value(error))
-                })?,
+                (None, Some(error)) => parse_error(error)
+                    .ok_or_else(|| format!("sent a malformed error object: {}", preview_value(error)))?,
                 (Some(_), Some(_)) => {
-                    return Err(format!(
-                        "sent a response with both result and error: {}",
-                        preview_value(&value)
-                    ));
+                    return Err(format!("sent a response with both result and error: {}", preview_value(&value)));
                 }
                 (None, None) => {
-                    return Err(format!(
-                        "sent a response with neither result nor error: {}",
-                        preview_value(&value)
-                    ));
+                    return Err(format!("sent a response with neither result nor error: {}", preview_value(&value)));
                 }
             };
-            Ok(Msg::Response {
-                id: id.clone(),
-                reply,
-            })
+            Ok(Msg::Response { id: id.clone(), reply })
         }
-        (None, None) => Err(format!(
-            "wrote an object that is neither a response nor a notification: {}",
-            preview_value(&value)
-        )),
+        (None, None) => {
+            Err(format!("wrote an object that is neither a response nor a notification: {}", preview_value(&value)))
+        }
     }
 }
 
 fn parse_error(error: &Value) -> Option<Reply> {
     let code = error.get("code")?.as_i64()?;
     let message = error.get("message")?.as_str()?.to_string();
-    Some(Reply::Error {
-        code,
-        message,
-        data: error.get("data").cloned(),
-    })
+    Some(Reply::Error { code, message, data: error.get("data").cloned() })
 }
 
 #[cfg(test)]
@@ -713,23 +620,15 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match classify(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#)
-            .unwrap()
-        {
-            Msg::Response {
-                id,
-                reply: Reply::Error { code, .. },
-            } => {
+        match classify(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#).unwrap() {
+            Msg::Response { id, reply: Reply::Error { code, .. } } => {
                 assert!(id.is_null());
                 assert_eq!(code, -32700);
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            classify(
-                br#"{"jsonrpc":"2.0","method":"$/stream","params":{"id":1,"seq":0,"data":1}}"#
-            )
-            .unwrap(),
+            classify(br#"{"jsonrpc":"2.0","method":"$/stream","params":{"id":1,"seq":0,"data":1}}"#).unwrap(),
             Msg::Notification { .. }
         ));
     }
@@ -753,13 +652,7 @@ mod tests {
     #[test]
     fn parses_proc_stat() {
         let text = "42 (a (weird) name) Z 1 42 42 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 123456 0 0";
-        assert_eq!(
-            parse_stat(text),
-            Some(ProcStat {
-                state: 'Z',
-                start_time: 123456
-            })
-        );
+        assert_eq!(parse_stat(text), Some(ProcStat { state: 'Z', start_time: 123456 }));
         let me = proc_stat(i32::try_from(std::process::id()).unwrap()).unwrap();
         assert_ne!(me.state, 'Z');
     }

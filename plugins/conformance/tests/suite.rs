@@ -16,10 +16,7 @@ fn sample() -> PluginCommand {
 
 /// A value unique to one test, put into the plug-in's environment so its processes can be found.
 fn marker(test: &str) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!("{test}-{}-{nanos}", std::process::id())
 }
 
@@ -28,11 +25,7 @@ fn processes_with(marker: &str) -> Vec<i32> {
     let needle = format!("{MARKER_ENV}={marker}");
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
@@ -40,16 +33,9 @@ fn processes_with(marker: &str) -> Vec<i32> {
         };
         let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
             .unwrap_or(true);
-        if !zombie
-            && environ
-                .split(|b| *b == 0)
-                .any(|var| var == needle.as_bytes())
-        {
+        if !zombie && environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()) {
             found.push(pid);
         }
     }
@@ -62,22 +48,14 @@ async fn assert_nothing_left(marker: &str) {
     while !processes_with(marker).is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        processes_with(marker),
-        Vec::<i32>::new(),
-        "processes left behind"
-    );
+    assert_eq!(processes_with(marker), Vec::<i32>::new(), "processes left behind");
 }
 
 #[tokio::test]
 async fn leftover_detection_works() {
     // Guards the negative tests below against passing vacuously.
     let marker = marker("detect");
-    let mut child = std::process::Command::new("sleep")
-        .arg("30")
-        .env(MARKER_ENV, &marker)
-        .spawn()
-        .unwrap();
+    let mut child = std::process::Command::new("sleep").arg("30").env(MARKER_ENV, &marker).spawn().unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     assert_eq!(processes_with(&marker), vec![pid]);
     child.kill().unwrap();
@@ -88,15 +66,10 @@ async fn leftover_detection_works() {
 #[tokio::test]
 async fn sample_plugin_passes_every_case() {
     let marker = marker("sample");
-    let cmd = sample()
-        .env(MARKER_ENV, &marker)
-        .slow_call("sample.sleep", json!({"ms": 10_000, "stream": true}));
+    let cmd = sample().env(MARKER_ENV, &marker).slow_call("sample.sleep", json!({"ms": 10_000, "stream": true}));
     let report = run_suite(&cmd).await;
     assert_eq!(report.results.len(), Case::ALL.len(), "{report}");
-    assert!(
-        report.results.iter().all(|r| r.outcome == Outcome::Pass),
-        "{report}"
-    );
+    assert!(report.results.iter().all(|r| r.outcome == Outcome::Pass), "{report}");
     assert_nothing_left(&marker).await;
 }
 
@@ -128,22 +101,13 @@ async fn a_call_too_fast_to_cancel_is_reported() {
 #[tokio::test]
 async fn garbage_plugin_fails_the_handshake_quickly_and_leaves_nothing_behind() {
     let marker = marker("garbage");
-    let cmd = PluginCommand::new("/bin/sh")
-        .args(["-c", "read line; echo garbage; sleep 30"])
-        .env(MARKER_ENV, &marker);
+    let cmd = PluginCommand::new("/bin/sh").args(["-c", "read line; echo garbage; sleep 30"]).env(MARKER_ENV, &marker);
     let started = Instant::now();
     let result = run_case(Case::Handshake, &cmd).await;
-    assert!(
-        started.elapsed() < CASE_DEADLINE,
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < CASE_DEADLINE, "took {:?}", started.elapsed());
     match &result.outcome {
         Outcome::Fail(reason) => {
-            assert!(
-                reason.contains("not JSON") && reason.contains("garbage"),
-                "{reason}"
-            );
+            assert!(reason.contains("not JSON") && reason.contains("garbage"), "{reason}");
             assert!(reason.contains("initialize"), "{reason}");
         }
         other => panic!("expected a failure, got {other:?}"),
@@ -165,9 +129,7 @@ async fn garbage_plugin_fails_the_handshake_quickly_and_leaves_nothing_behind() 
 #[tokio::test]
 async fn silent_plugin_times_out_the_handshake() {
     let marker = marker("silent");
-    let cmd = PluginCommand::new("/bin/sh")
-        .args(["-c", "sleep 30"])
-        .env(MARKER_ENV, &marker);
+    let cmd = PluginCommand::new("/bin/sh").args(["-c", "sleep 30"]).env(MARKER_ENV, &marker);
     let result = run_case(Case::Handshake, &cmd).await;
     match &result.outcome {
         Outcome::Fail(reason) => {
@@ -185,9 +147,7 @@ async fn plugin_ignoring_eof_fails_exit_on_eof() {
     let script = r#"read -r line
 printf '%s\n' '{"jsonrpc":"2.0","id":1,"result":{"protocolVersion":1,"plugin":{"name":"stubborn","version":"0"},"methods":{},"capabilities":{}}}'
 while :; do sleep 1; done"#;
-    let cmd = PluginCommand::new("/bin/sh")
-        .args(["-c", script])
-        .env(MARKER_ENV, &marker);
+    let cmd = PluginCommand::new("/bin/sh").args(["-c", script]).env(MARKER_ENV, &marker);
     let result = run_case(Case::ExitOnEof, &cmd).await;
     match &result.outcome {
         Outcome::Fail(reason) => assert!(reason.contains("must exit on EOF"), "{reason}"),

@@ -71,11 +71,10 @@ impl Echo {
 fn parse_config(config: &Value) -> Result<EchoConfig, RpcError> {
     match config {
         Value::Null => Ok(EchoConfig::default()),
-        Value::Object(_) => EchoConfig::deserialize(config)
-            .map_err(|e| RpcError::invalid_params(format!("invalid echo config: {e}"))),
-        other => Err(RpcError::invalid_params(format!(
-            "invalid echo config: expected an object, got {other}"
-        ))),
+        Value::Object(_) => {
+            EchoConfig::deserialize(config).map_err(|e| RpcError::invalid_params(format!("invalid echo config: {e}")))
+        }
+        other => Err(RpcError::invalid_params(format!("invalid echo config: expected an object, got {other}"))),
     }
 }
 
@@ -93,45 +92,26 @@ fn without_protocol_keys(mut params: Value) -> Value {
 fn text_param<'a>(method: &str, params: &'a Value) -> Result<&'a str, RpcError> {
     match params.get("text") {
         Some(Value::String(text)) => Ok(text),
-        Some(other) => Err(RpcError::invalid_params(format!(
-            "{method}: `text` must be a string, got {other}"
-        ))),
-        None => Err(RpcError::invalid_params(format!(
-            "{method}: missing the string param `text`"
-        ))),
+        Some(other) => Err(RpcError::invalid_params(format!("{method}: `text` must be a string, got {other}"))),
+        None => Err(RpcError::invalid_params(format!("{method}: missing the string param `text`"))),
     }
 }
 
 impl Plugin for Echo {
     fn info(&self) -> PluginInfo {
         // The name must match the plug-in's name in the daemon's registry.
-        PluginInfo {
-            name: "echo".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            sdk: None,
-        }
+        PluginInfo { name: "echo".into(), version: env!("CARGO_PKG_VERSION").into(), sdk: None }
     }
 
     fn methods(&self) -> BTreeMap<String, MethodInfo> {
         // `timeout_ms` is the most the daemon waits for the final response (it may wait less if
         // its own config says so). `idempotent` tells it a retry is safe; `stream` that the
         // method can send `$/stream` chunks.
-        let quick = MethodInfo {
-            timeout_ms: Some(5_000),
-            idempotent: true,
-            stream: false,
-        };
+        let quick = MethodInfo { timeout_ms: Some(5_000), idempotent: true, stream: false };
         BTreeMap::from([
             ("echo.echo".to_string(), quick.clone()),
             ("echo.upper".to_string(), quick),
-            (
-                "echo.stream".to_string(),
-                MethodInfo {
-                    timeout_ms: Some(60_000),
-                    idempotent: true,
-                    stream: true,
-                },
-            ),
+            ("echo.stream".to_string(), MethodInfo { timeout_ms: Some(60_000), idempotent: true, stream: true }),
         ])
     }
 
@@ -185,9 +165,7 @@ async fn stream_words(params: &Value, ctx: &CallContext) -> Result<Value, RpcErr
     let interval = match params.get("interval_ms") {
         None | Some(Value::Null) => Duration::from_millis(20),
         Some(v) => Duration::from_millis(v.as_u64().ok_or_else(|| {
-            RpcError::invalid_params(format!(
-                "echo.stream: `interval_ms` must be a non-negative integer, got {v}"
-            ))
+            RpcError::invalid_params(format!("echo.stream: `interval_ms` must be a non-negative integer, got {v}"))
         })?),
     };
     if !ctx.streaming() {
@@ -235,10 +213,7 @@ mod tests {
             let (to_plugin, plugin_stdin) = tokio::io::duplex(64 * 1024);
             let (plugin_stdout, from_plugin) = tokio::io::duplex(64 * 1024);
             let log_level = bkg_plugin_sdk::logging::install("error");
-            let options = ServeOptions {
-                watch_parent: false,
-                reap_group: false,
-            };
+            let options = ServeOptions { watch_parent: false, reap_group: false };
             let serving = tokio::spawn(serve_io(
                 Echo::default(),
                 Box::pin(plugin_stdin),
@@ -246,25 +221,17 @@ mod tests {
                 log_level,
                 options,
             ));
-            Self {
-                to_plugin,
-                from_plugin: BufReader::new(from_plugin).lines(),
-                serving,
-            }
+            Self { to_plugin, from_plugin: BufReader::new(from_plugin).lines(), serving }
         }
 
         async fn send(&mut self, message: Value) {
             let mut line = serde_json::to_vec(&message).expect("serialize");
             line.push(b'\n');
-            self.to_plugin
-                .write_all(&line)
-                .await
-                .expect("write to plug-in");
+            self.to_plugin.write_all(&line).await.expect("write to plug-in");
         }
 
         async fn request(&mut self, id: u64, method: &str, params: Value) {
-            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-                .await;
+            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
         }
 
         async fn recv(&mut self) -> Value {
@@ -278,15 +245,9 @@ mod tests {
 
         /// `initialize` + `initialized`; returns the `initialize` response.
         async fn handshake(&mut self, config: Value) -> Value {
-            self.request(
-                1,
-                "initialize",
-                json!({"protocolVersions": [1], "config": config}),
-            )
-            .await;
+            self.request(1, "initialize", json!({"protocolVersions": [1], "config": config})).await;
             let response = self.recv().await;
-            self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
-                .await;
+            self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}})).await;
             response
         }
 
@@ -309,10 +270,7 @@ mod tests {
         assert_eq!(response["id"], 1);
         assert_eq!(result["protocolVersion"], 1);
         assert_eq!(result["plugin"]["name"], "echo");
-        assert_eq!(
-            result["methods"]["echo.stream"],
-            json!({"timeoutMs": 60000, "idempotent": true, "stream": true})
-        );
+        assert_eq!(result["methods"]["echo.stream"], json!({"timeoutMs": 60000, "idempotent": true, "stream": true}));
         assert_eq!(result["methods"]["echo.upper"]["timeoutMs"], 5000);
         let schema = &result["capabilities"]["configSchema"];
         assert_eq!(schema["properties"]["prefix"]["type"], "string");
@@ -322,17 +280,10 @@ mod tests {
 
     #[tokio::test]
     async fn bad_config_fails_the_handshake() {
-        for config in [
-            json!({"prefx": "typo"}),
-            json!("prefix"),
-            json!({"prefix": 3}),
-        ] {
+        for config in [json!({"prefx": "typo"}), json!("prefix"), json!({"prefix": 3})] {
             let mut daemon = Daemon::start();
             let response = daemon.handshake(config.clone()).await;
-            assert_eq!(
-                response["error"]["code"], -32602,
-                "config {config}: {response}"
-            );
+            assert_eq!(response["error"]["code"], -32602, "config {config}: {response}");
             let message = response["error"]["message"].as_str().expect("message");
             assert!(message.starts_with("invalid echo config"), "{message}");
             daemon.close().await;
@@ -345,10 +296,7 @@ mod tests {
         daemon.handshake(Value::Null).await;
         let params = json!({"a": 1, "b": ["x"], "_meta": {"deadlineMs": 1000}, "stream": false});
         daemon.request(2, "echo.echo", params).await;
-        assert_eq!(
-            daemon.recv().await,
-            json!({"jsonrpc": "2.0", "id": 2, "result": {"a": 1, "b": ["x"]}})
-        );
+        assert_eq!(daemon.recv().await, json!({"jsonrpc": "2.0", "id": 2, "result": {"a": 1, "b": ["x"]}}));
         daemon.close().await;
     }
 
@@ -356,27 +304,19 @@ mod tests {
     async fn upper_uses_the_prefix_and_explains_bad_params() {
         let mut daemon = Daemon::start();
         daemon.handshake(json!({"prefix": "> "})).await;
-        daemon
-            .request(2, "echo.upper", json!({"text": "hello"}))
-            .await;
+        daemon.request(2, "echo.upper", json!({"text": "hello"})).await;
         assert_eq!(daemon.recv().await["result"], json!({"text": "> HELLO"}));
 
         daemon.request(3, "echo.upper", json!({})).await;
         let response = daemon.recv().await;
         assert_eq!(response["id"], 3);
         assert_eq!(response["error"]["code"], -32602);
-        assert_eq!(
-            response["error"]["message"],
-            "echo.upper: missing the string param `text`"
-        );
+        assert_eq!(response["error"]["message"], "echo.upper: missing the string param `text`");
 
         daemon.request(4, "echo.upper", json!({"text": 42})).await;
         let response = daemon.recv().await;
         assert_eq!(response["error"]["code"], -32602);
-        assert_eq!(
-            response["error"]["message"],
-            "echo.upper: `text` must be a string, got 42"
-        );
+        assert_eq!(response["error"]["message"], "echo.upper: `text` must be a string, got 42");
         daemon.close().await;
     }
 
@@ -389,24 +329,13 @@ mod tests {
         for (seq, word) in ["one", "two", "three"].into_iter().enumerate() {
             let chunk = daemon.recv().await;
             assert_eq!(chunk["method"], "$/stream", "{chunk}");
-            assert_eq!(
-                chunk["params"],
-                json!({"id": 2, "seq": seq, "data": {"delta": word}})
-            );
+            assert_eq!(chunk["params"], json!({"id": 2, "seq": seq, "data": {"delta": word}}));
         }
-        assert_eq!(
-            daemon.recv().await,
-            json!({"jsonrpc": "2.0", "id": 2, "result": {"chunks": 3}})
-        );
+        assert_eq!(daemon.recv().await, json!({"jsonrpc": "2.0", "id": 2, "result": {"chunks": 3}}));
 
         // Without `stream: true` the whole text comes back in the response.
-        daemon
-            .request(3, "echo.stream", json!({"text": "a b"}))
-            .await;
-        assert_eq!(
-            daemon.recv().await["result"],
-            json!({"chunks": 0, "text": "a b"})
-        );
+        daemon.request(3, "echo.stream", json!({"text": "a b"})).await;
+        assert_eq!(daemon.recv().await["result"], json!({"chunks": 0, "text": "a b"}));
         daemon.close().await;
     }
 
@@ -419,9 +348,7 @@ mod tests {
         let first = daemon.recv().await;
         assert_eq!(first["params"]["seq"], 0);
 
-        daemon
-            .send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}}))
-            .await;
+        daemon.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": 2}})).await;
         // A chunk may already have been on its way when the cancel arrived; skip those.
         let response = loop {
             let message = daemon.recv().await;
@@ -436,10 +363,7 @@ mod tests {
         // the answer to a ping.
         tokio::time::sleep(Duration::from_millis(500)).await;
         daemon.request(3, "$/ping", json!({})).await;
-        assert_eq!(
-            daemon.recv().await,
-            json!({"jsonrpc": "2.0", "id": 3, "result": {}})
-        );
+        assert_eq!(daemon.recv().await, json!({"jsonrpc": "2.0", "id": 3, "result": {}}));
         daemon.close().await;
     }
 }

@@ -37,15 +37,11 @@ pub(crate) fn parse_config(config: &Value) -> Result<FakeConfig, RpcError> {
         Value::Object(_) => FakeConfig::deserialize(config)
             .map_err(|e| RpcError::invalid_params(format!("invalid fake config: {e}")))?,
         other => {
-            return Err(RpcError::invalid_params(format!(
-                "invalid fake config: expected an object, got {other}"
-            )));
+            return Err(RpcError::invalid_params(format!("invalid fake config: expected an object, got {other}")));
         }
     };
     if parsed.max_concurrent_requests == Some(0) {
-        return Err(RpcError::invalid_params(
-            "invalid fake config: max_concurrent_requests must be at least 1",
-        ));
+        return Err(RpcError::invalid_params("invalid fake config: max_concurrent_requests must be at least 1"));
     }
     Ok(parsed)
 }
@@ -98,10 +94,7 @@ mod tests {
 
     #[test]
     fn absent_config_means_defaults() {
-        assert_eq!(
-            parse_config(&Value::Null).expect("null"),
-            FakeConfig::default()
-        );
+        assert_eq!(parse_config(&Value::Null).expect("null"), FakeConfig::default());
         assert_eq!(parse_config(&json!({})).expect("{}"), FakeConfig::default());
     }
 
@@ -137,11 +130,7 @@ mod tests {
         ] {
             let err = parse_config(&bad).expect_err("must be rejected");
             assert_eq!(err.code, -32602, "{bad}");
-            assert!(
-                err.message.starts_with("invalid fake config"),
-                "{}",
-                err.message
-            );
+            assert!(err.message.starts_with("invalid fake config"), "{}", err.message);
         }
     }
 

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant};
 
 use bkg_plugin_sdk::protocol::{DEFAULT_MAX_MESSAGE_BYTES, codes};
 use bkg_plugin_sdk::{
-    CallContext, Health, HealthStatus, InitializeParams, Limits, MethodInfo, Plugin, PluginInfo,
-    RpcError,
+    CallContext, Health, HealthStatus, InitializeParams, Limits, MethodInfo, Plugin, PluginInfo, RpcError,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{getpgrp, getpid, getppid};
@@ -65,10 +64,7 @@ struct HealthState {
 
 impl Default for HealthState {
     fn default() -> Self {
-        Self {
-            current: Health::serving(),
-            starting_until: None,
-        }
+        Self { current: Health::serving(), starting_until: None }
     }
 }
 
@@ -108,11 +104,7 @@ impl Fake {
 
 impl Plugin for Fake {
     fn info(&self) -> PluginInfo {
-        PluginInfo {
-            name: "fake".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            sdk: None,
-        }
+        PluginInfo { name: "fake".into(), version: env!("CARGO_PKG_VERSION").into(), sdk: None }
     }
 
     fn methods(&self) -> BTreeMap<String, MethodInfo> {
@@ -160,23 +152,15 @@ impl Plugin for Fake {
         let config = config::parse_config(&params.config)?;
         if config.fail_initialize {
             tracing::error!("failing initialize on purpose (config fail_initialize)");
-            return Err(RpcError::internal(
-                "fake: initialize fails on purpose (config `fail_initialize: true`)",
-            ));
+            return Err(RpcError::internal("fake: initialize fails on purpose (config `fail_initialize: true`)"));
         }
         tracing::info!(?config, "fake plug-in initialized");
         {
             let mut health = self.health_state();
             if let Some(status) = config.health {
-                health.current = Health {
-                    status,
-                    detail: None,
-                    checks: None,
-                };
+                health.current = Health { status, detail: None, checks: None };
             }
-            health.starting_until = config
-                .starting_ms
-                .map(|ms| Instant::now() + Duration::from_millis(ms));
+            health.starting_until = config.starting_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
         }
         // The SDK calls `initialize` at most once, so the cell is always empty here.
         let _ = self.config.set(config);
@@ -205,12 +189,7 @@ impl Plugin for Fake {
         let call = self.calls.fetch_add(1, Ordering::AcqRel) + 1;
         let crash_after_calls = self.config().and_then(|c| c.crash_after_calls);
         if config::crash_due(crash_after_calls, call) {
-            tracing::error!(
-                call,
-                crash_after_calls,
-                method,
-                "crashing on purpose (config crash_after_calls)"
-            );
+            tracing::error!(call, crash_after_calls, method, "crashing on purpose (config crash_after_calls)");
             exit_now(1);
         }
         let _slot = self.admit()?;
@@ -235,11 +214,7 @@ impl Plugin for Fake {
             "fake.set_health" => {
                 let SetHealthParams { status, detail } = parse(method, params)?;
                 let mut health = self.health_state();
-                health.current = Health {
-                    status,
-                    detail,
-                    checks: None,
-                };
+                health.current = Health { status, detail, checks: None };
                 health.starting_until = None;
                 Ok(json!({}))
             }
@@ -345,37 +320,33 @@ struct CrashParams {
 /// `fake.crash`: after 20 ms, so the reply may or may not get out first.
 fn crash(params: CrashParams) -> Result<Value, RpcError> {
     let CrashParams { code, signal } = params;
-    after(
-        Duration::from_millis(20),
-        "fake.crash",
-        move || match signal {
-            None => {
-                let code = code.unwrap_or(1);
-                tracing::error!(code, "crashing on purpose: exit");
-                exit_now(code);
+    after(Duration::from_millis(20), "fake.crash", move || match signal {
+        None => {
+            let code = code.unwrap_or(1);
+            tracing::error!(code, "crashing on purpose: exit");
+            exit_now(code);
+        }
+        Some(CrashSignal::Abort) => {
+            tracing::error!("crashing on purpose: abort");
+            raw::disable_core_dump();
+            std::process::abort();
+        }
+        Some(CrashSignal::Segv) => {
+            tracing::error!("crashing on purpose: SIGSEGV");
+            // std handles SIGSEGV to report stack overflows, and a SIGSEGV that is sent
+            // rather than caused by a fault would just return from that handler: restore
+            // the default action first.
+            if let Err(e) = raw::set_signal(Signal::SIGSEGV, false) {
+                tracing::warn!(error = %e, "cannot restore the default action of SIGSEGV");
             }
-            Some(CrashSignal::Abort) => {
-                tracing::error!("crashing on purpose: abort");
-                raw::disable_core_dump();
-                std::process::abort();
-            }
-            Some(CrashSignal::Segv) => {
-                tracing::error!("crashing on purpose: SIGSEGV");
-                // std handles SIGSEGV to report stack overflows, and a SIGSEGV that is sent
-                // rather than caused by a fault would just return from that handler: restore
-                // the default action first.
-                if let Err(e) = raw::set_signal(Signal::SIGSEGV, false) {
-                    tracing::warn!(error = %e, "cannot restore the default action of SIGSEGV");
-                }
-                raw::disable_core_dump();
-                signal_myself(Signal::SIGSEGV);
-            }
-            Some(CrashSignal::Kill) => {
-                tracing::error!("crashing on purpose: SIGKILL");
-                signal_myself(Signal::SIGKILL);
-            }
-        },
-    )?;
+            raw::disable_core_dump();
+            signal_myself(Signal::SIGSEGV);
+        }
+        Some(CrashSignal::Kill) => {
+            tracing::error!("crashing on purpose: SIGKILL");
+            signal_myself(Signal::SIGKILL);
+        }
+    })?;
     Ok(json!({ "crashing": true }))
 }
 
@@ -432,9 +403,7 @@ async fn flood(params: FloodParams, ctx: &CallContext) -> Result<Value, RpcError
     let FloodParams { bytes, line_len } = params;
     let line_len = line_len.unwrap_or(100);
     if line_len == 0 {
-        return Err(RpcError::invalid_params(
-            "fake.flood: line_len must be at least 1",
-        ));
+        return Err(RpcError::invalid_params("fake.flood: line_len must be at least 1"));
     }
     let cancel = ctx.cancellation_token();
     let flooded = tokio::task::spawn_blocking(move || {
@@ -484,15 +453,11 @@ struct SpawnParams {
 fn spawn_sleepers(params: SpawnParams) -> Result<Value, RpcError> {
     let SpawnParams { count } = params;
     if count > MAX_SPAWN {
-        return Err(RpcError::invalid_params(format!(
-            "fake.spawn: count must be at most {MAX_SPAWN}"
-        )));
+        return Err(RpcError::invalid_params(format!("fake.spawn: count must be at most {MAX_SPAWN}")));
     }
     // The daemon clears the environment, so PATH may be unset: prefer an absolute path.
-    let program = ["/usr/bin/sleep", "/bin/sleep"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .unwrap_or("sleep");
+    let program =
+        ["/usr/bin/sleep", "/bin/sleep"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("sleep");
     let mut pids = Vec::new();
     for _ in 0..count {
         let mut child = std::process::Command::new(program)
@@ -524,10 +489,7 @@ struct StreamParams {
 
 /// `fake.stream`: `chunks` chunks, unless cancelled or not asked to stream (then none are sent).
 async fn stream(params: StreamParams, ctx: &CallContext) -> Result<Value, RpcError> {
-    let StreamParams {
-        chunks,
-        interval_ms,
-    } = params;
+    let StreamParams { chunks, interval_ms } = params;
     let interval = Duration::from_millis(interval_ms.unwrap_or(0));
     let mut sent = 0u64;
     for i in 0..chunks {
@@ -568,10 +530,7 @@ mod tests {
             let (to_plugin, plugin_stdin) = tokio::io::duplex(64 * 1024);
             let (plugin_stdout, from_plugin) = tokio::io::duplex(64 * 1024);
             let log_level = bkg_plugin_sdk::logging::install("error");
-            let options = ServeOptions {
-                watch_parent: false,
-                reap_group: false,
-            };
+            let options = ServeOptions { watch_parent: false, reap_group: false };
             let serving = tokio::spawn(serve_io(
                 Fake::default(),
                 Box::pin(plugin_stdin),
@@ -580,29 +539,20 @@ mod tests {
                 options,
             ));
             let from_plugin = BufReader::new(from_plugin).lines();
-            Self {
-                to_plugin,
-                from_plugin,
-                serving,
-                next_id: 1,
-            }
+            Self { to_plugin, from_plugin, serving, next_id: 1 }
         }
 
         async fn send(&mut self, message: Value) {
             let mut line = serde_json::to_vec(&message).expect("serialize");
             line.push(b'\n');
-            self.to_plugin
-                .write_all(&line)
-                .await
-                .expect("write to plug-in");
+            self.to_plugin.write_all(&line).await.expect("write to plug-in");
         }
 
         /// Sends a request and returns its id.
         async fn request(&mut self, method: &str, params: Value) -> u64 {
             let id = self.next_id;
             self.next_id += 1;
-            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}))
-                .await;
+            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
             id
         }
 
@@ -628,8 +578,7 @@ mod tests {
             let params = json!({"protocolVersions": [1], "config": config});
             let response = self.call("initialize", params).await;
             if response.get("result").is_some() {
-                self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}}))
-                    .await;
+                self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}})).await;
             }
             response
         }
@@ -651,19 +600,14 @@ mod tests {
     #[tokio::test]
     async fn handshake_declares_methods_limits_and_schema() {
         let mut daemon = Daemon::start();
-        let response = daemon
-            .handshake(json!({"max_concurrent_requests": 3}))
-            .await;
+        let response = daemon.handshake(json!({"max_concurrent_requests": 3})).await;
         let result = &response["result"];
         assert_eq!(result["plugin"]["name"], "fake");
         assert_eq!(result["limits"]["maxConcurrentRequests"], 3);
         assert_eq!(result["methods"]["fake.hang"]["timeoutMs"], 2000);
         assert_eq!(result["methods"]["fake.stream"]["stream"], true);
         assert_eq!(result["methods"].as_object().expect("methods").len(), 14);
-        assert_eq!(
-            result["capabilities"]["configSchema"]["additionalProperties"],
-            false
-        );
+        assert_eq!(result["capabilities"]["configSchema"]["additionalProperties"], false);
         daemon.close().await;
     }
 
@@ -680,10 +624,7 @@ mod tests {
         let message = response["error"]["message"].as_str().expect("message");
         assert!(message.contains("fail_initialize"), "{message}");
         // Still not initialized: calls are refused.
-        assert_eq!(
-            daemon.call("fake.echo", json!({})).await["error"]["code"],
-            -32002
-        );
+        assert_eq!(daemon.call("fake.echo", json!({})).await["error"]["code"], -32002);
         daemon.close().await;
     }
 
@@ -692,10 +633,7 @@ mod tests {
         let mut daemon = Daemon::start();
         daemon.handshake(Value::Null).await;
         let params = json!({"x": [1, 2], "_meta": {"deadlineMs": 500}, "stream": true});
-        assert_eq!(
-            daemon.call("fake.echo", params).await["result"],
-            json!({"x": [1, 2]})
-        );
+        assert_eq!(daemon.call("fake.echo", params).await["result"], json!({"x": [1, 2]}));
         let response = daemon.call("fake.sleep", json!({"ms": "soon"})).await;
         assert_eq!(response["error"]["code"], -32602);
         daemon.close().await;
@@ -704,25 +642,15 @@ mod tests {
     #[tokio::test]
     async fn health_follows_config_then_set_health() {
         let mut daemon = Daemon::start();
-        daemon
-            .handshake(json!({"health": "degraded", "starting_ms": 300}))
-            .await;
+        daemon.handshake(json!({"health": "degraded", "starting_ms": 300})).await;
         assert_eq!(daemon.health().await["status"], "starting");
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(daemon.health().await, json!({"status": "degraded"}));
 
         let params = json!({"status": "not_serving", "detail": "store offline"});
-        assert_eq!(
-            daemon.call("fake.set_health", params).await["result"],
-            json!({})
-        );
-        assert_eq!(
-            daemon.health().await,
-            json!({"status": "not_serving", "detail": "store offline"})
-        );
-        let response = daemon
-            .call("fake.set_health", json!({"status": "fine"}))
-            .await;
+        assert_eq!(daemon.call("fake.set_health", params).await["result"], json!({}));
+        assert_eq!(daemon.health().await, json!({"status": "not_serving", "detail": "store offline"}));
+        let response = daemon.call("fake.set_health", json!({"status": "fine"})).await;
         assert_eq!(response["error"]["code"], -32602);
         daemon.close().await;
     }
@@ -730,9 +658,7 @@ mod tests {
     #[tokio::test]
     async fn max_concurrent_requests_is_enforced() {
         let mut daemon = Daemon::start();
-        daemon
-            .handshake(json!({"max_concurrent_requests": 1}))
-            .await;
+        daemon.handshake(json!({"max_concurrent_requests": 1})).await;
         let slow = daemon.request("fake.sleep", json!({"ms": 300})).await;
         let rejected = daemon.request("fake.pids", json!({})).await;
         let response = daemon.recv().await;
@@ -751,22 +677,14 @@ mod tests {
     async fn stream_sends_chunks_then_the_count() {
         let mut daemon = Daemon::start();
         daemon.handshake(Value::Null).await;
-        let id = daemon
-            .request("fake.stream", json!({"chunks": 3, "stream": true}))
-            .await;
+        let id = daemon.request("fake.stream", json!({"chunks": 3, "stream": true})).await;
         for seq in 0..3 {
             let chunk = daemon.recv().await;
-            assert_eq!(
-                chunk["params"],
-                json!({"id": id, "seq": seq, "data": {"i": seq}})
-            );
+            assert_eq!(chunk["params"], json!({"id": id, "seq": seq, "data": {"i": seq}}));
         }
         assert_eq!(daemon.recv().await["result"], json!({"chunks": 3}));
         // Not asked to stream: nothing is sent.
-        assert_eq!(
-            daemon.call("fake.stream", json!({"chunks": 3})).await["result"],
-            json!({"chunks": 0})
-        );
+        assert_eq!(daemon.call("fake.stream", json!({"chunks": 3})).await["result"], json!({"chunks": 0}));
         daemon.close().await;
     }
 
@@ -774,14 +692,9 @@ mod tests {
     async fn sleep_and_hang_are_cancellable() {
         let mut daemon = Daemon::start();
         daemon.handshake(Value::Null).await;
-        for (method, params) in [
-            ("fake.hang", json!({})),
-            ("fake.sleep", json!({"ms": 60_000})),
-        ] {
+        for (method, params) in [("fake.hang", json!({})), ("fake.sleep", json!({"ms": 60_000}))] {
             let id = daemon.request(method, params).await;
-            daemon
-                .send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": id}}))
-                .await;
+            daemon.send(json!({"jsonrpc": "2.0", "method": "$/cancelRequest", "params": {"id": id}})).await;
             let response = daemon.recv().await;
             assert_eq!(response["id"], id);
             assert_eq!(response["error"]["code"], -32800);
@@ -793,13 +706,9 @@ mod tests {
     async fn log_checks_its_level() {
         let mut daemon = Daemon::start();
         daemon.handshake(Value::Null).await;
-        let response = daemon
-            .call("fake.log", json!({"lines": 3, "level": "warn"}))
-            .await;
+        let response = daemon.call("fake.log", json!({"lines": 3, "level": "warn"})).await;
         assert_eq!(response["result"], json!({"lines": 3}));
-        let response = daemon
-            .call("fake.log", json!({"lines": 1, "level": "loud"}))
-            .await;
+        let response = daemon.call("fake.log", json!({"lines": 1, "level": "loud"})).await;
         assert_eq!(response["error"]["code"], -32602);
         daemon.close().await;
     }
@@ -808,11 +717,7 @@ mod tests {
     fn junk_lines_are_not_json_and_the_last_is_not_utf8() {
         let lines: Vec<Vec<u8>> = (0..3).map(|i| raw::junk_line(i, 3)).collect();
         assert_eq!(lines[0], b"this is not json 0\n");
-        assert!(
-            lines
-                .iter()
-                .all(|l| l.ends_with(b"\n") && serde_json::from_slice::<Value>(l).is_err())
-        );
+        assert!(lines.iter().all(|l| l.ends_with(b"\n") && serde_json::from_slice::<Value>(l).is_err()));
         assert!(std::str::from_utf8(&lines[1]).is_ok());
         assert!(std::str::from_utf8(&lines[2]).is_err());
     }
@@ -820,14 +725,7 @@ mod tests {
     #[test]
     fn flood_writes_exactly_the_requested_bytes_in_whole_lines() {
         let cancel = tokio_util::sync::CancellationToken::new();
-        for (bytes, line_len) in [
-            (0, 100),
-            (1, 100),
-            (250, 100),
-            (300, 100),
-            (200_000, 7),
-            (5, 1),
-        ] {
+        for (bytes, line_len) in [(0, 100), (1, 100), (250, 100), (300, 100), (200_000, 7), (5, 1)] {
             let mut out = Vec::new();
             let flooded = raw::flood(
                 |buf| {
@@ -842,10 +740,7 @@ mod tests {
             assert_eq!(out.len() as u64, bytes);
             assert_eq!(flooded.bytes, bytes);
             let newlines = out.iter().filter(|b| **b == b'\n').count() as u64;
-            assert_eq!(
-                flooded.lines, newlines,
-                "bytes {bytes}, line_len {line_len}"
-            );
+            assert_eq!(flooded.lines, newlines, "bytes {bytes}, line_len {line_len}");
             assert_eq!(flooded.lines, bytes.div_ceil(line_len as u64));
             assert!(out.split(|b| *b == b'\n').all(|line| line.len() < line_len));
         }

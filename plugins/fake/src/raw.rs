@@ -32,11 +32,9 @@ enum RawWire {
 impl RawWire {
     /// Opens a fresh handle on the raw wire. Needs the tokio runtime.
     fn open() -> io::Result<Self> {
-        let wire = crate::RAW_WIRE.get().ok_or_else(|| {
-            io::Error::other(
-                "no raw wire: the plug-in was not started through bkg_plugin_fake::run",
-            )
-        })?;
+        let wire = crate::RAW_WIRE
+            .get()
+            .ok_or_else(|| io::Error::other("no raw wire: the plug-in was not started through bkg_plugin_fake::run"))?;
         let file = wire.try_clone()?;
         if file.metadata()?.file_type().is_fifo() {
             Ok(Self::Pipe(pipe::Sender::from_file(file)?))
@@ -51,9 +49,7 @@ impl RawWire {
             Self::Blocking(file) => {
                 let mut file = file.try_clone()?;
                 let buf = buf.to_vec();
-                tokio::task::spawn_blocking(move || file.write_all(&buf))
-                    .await
-                    .map_err(io::Error::other)?
+                tokio::task::spawn_blocking(move || file.write_all(&buf)).await.map_err(io::Error::other)?
             }
         }
     }
@@ -142,11 +138,7 @@ pub(crate) fn flood(
 /// Sets `signal` to its default action or to "ignore".
 #[allow(unsafe_code)]
 pub(crate) fn set_signal(signal: Signal, ignore: bool) -> nix::Result<()> {
-    let handler = if ignore {
-        SigHandler::SigIgn
-    } else {
-        SigHandler::SigDfl
-    };
+    let handler = if ignore { SigHandler::SigIgn } else { SigHandler::SigDfl };
     // SAFETY: `signal(2)` is unsafe because a handler function must be async-signal-safe.
     // SIG_IGN and SIG_DFL run no code of ours, so there is nothing to get wrong; replacing a
     // handler std installed (its SIGSEGV stack-overflow reporter) only restores the default.

@@ -166,12 +166,18 @@ pub struct Envelope {
     pub id: Option<RequestId>,
     #[serde(default)]
     pub method: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub params: Option<Box<RawValue>>,
-    #[serde(default)]
+    /// `Some` whenever the field is present, including `"result": null`.
+    #[serde(default, deserialize_with = "present")]
     pub result: Option<Box<RawValue>>,
     #[serde(default)]
     pub error: Option<RpcError>,
+}
+
+/// Keeps a present field (even `null`) as `Some`, so `"result": null` is a valid result.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
 }
 
 /// What kind of message an envelope is.
@@ -198,9 +204,7 @@ impl DecodeError {
     pub fn to_rpc_error(&self) -> RpcError {
         match self {
             DecodeError::NotJson(_) => RpcError::new(codes::PARSE_ERROR, self.to_string()),
-            DecodeError::Batch | DecodeError::Invalid(_) => {
-                RpcError::new(codes::INVALID_REQUEST, self.to_string())
-            }
+            DecodeError::Batch | DecodeError::Invalid(_) => RpcError::new(codes::INVALID_REQUEST, self.to_string()),
         }
     }
 }
@@ -215,10 +219,11 @@ pub fn decode(line: &[u8]) -> Result<Message, DecodeError> {
     if env.jsonrpc.as_deref() != Some("2.0") {
         return Err(DecodeError::Invalid("jsonrpc must be \"2.0\""));
     }
-    if let Some(p) = &env.params {
-        if !p.get().trim_start().starts_with('{') {
-            return Err(DecodeError::Invalid("params must be an object"));
-        }
+    if let Some(p) = &env.params
+        && !p.get().trim_start().starts_with('{')
+        && p.get() != "null"
+    {
+        return Err(DecodeError::Invalid("params must be an object"));
     }
     match (env.method, env.id) {
         (Some(method), Some(id)) => Ok(Message::Request { id, method, params: env.params }),
@@ -258,8 +263,7 @@ fn finish_line(res: Result<Vec<u8>, serde_json::Error>) -> Vec<u8> {
     // Serializing a `Value` or our own plain structs cannot fail (no maps with non-string keys);
     // if it ever did, an internal-error line keeps the peer's framing intact.
     let mut buf = res.unwrap_or_else(|_| {
-        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"serialization failed"}}"#
-            .to_vec()
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"serialization failed"}}"#.to_vec()
     });
     buf.push(b'\n');
     buf
@@ -442,6 +446,11 @@ mod tests {
         assert!(matches!(note, Message::Notification { .. }));
         let ok = decode(br#"{"jsonrpc":"2.0","id":"a","result":{"k":1}}"#).unwrap();
         assert!(matches!(ok, Message::Response { outcome: Ok(_), .. }));
+        let null = decode(br#"{"jsonrpc":"2.0","id":2,"result":null}"#).unwrap();
+        match null {
+            Message::Response { outcome: Ok(raw), .. } => assert_eq!(raw.get(), "null"),
+            other => panic!("unexpected {other:?}"),
+        }
         let err = decode(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32800,"message":"m"}}"#).unwrap();
         match err {
             Message::Response { outcome: Err(e), .. } => assert_eq!(e.code, codes::REQUEST_CANCELLED),

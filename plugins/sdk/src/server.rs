@@ -26,9 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{Frame, LineDecoder, Overflow};
 use crate::logging::{self, LogLevelHandle};
 use crate::protocol::{
-    self, Capabilities, CancelParams, DEFAULT_MAX_MESSAGE_BYTES, Health, InitializeParams,
-    InitializeResult, Limits, Message, Meta, MethodInfo, PluginInfo, RequestId, RpcError,
-    SUPPORTED_PROTOCOL_VERSIONS, SetLogLevelParams, StreamParams, codes, methods,
+    self, CancelParams, Capabilities, DEFAULT_MAX_MESSAGE_BYTES, Health, InitializeParams, InitializeResult, Limits,
+    Message, Meta, MethodInfo, PluginInfo, RequestId, RpcError, SUPPORTED_PROTOCOL_VERSIONS, SetLogLevelParams,
+    StreamParams, codes, methods,
 };
 
 /// What a plug-in author implements. Every method but [`Plugin::info`], [`Plugin::methods`] and
@@ -54,7 +54,12 @@ pub trait Plugin: Send + Sync + 'static {
     /// Serves one application call. When the call is cancelled or its deadline passes, the SDK
     /// drops this future and answers for it; long synchronous work should poll
     /// [`CallContext::is_cancelled`].
-    fn call(&self, method: &str, params: Value, ctx: CallContext) -> impl Future<Output = Result<Value, RpcError>> + Send;
+    fn call(
+        &self,
+        method: &str,
+        params: Value,
+        ctx: CallContext,
+    ) -> impl Future<Output = Result<Value, RpcError>> + Send;
 
     /// Called on `shutdown` after in-flight calls have finished: persist state here.
     fn shutdown(&self) -> impl Future<Output = ()> + Send {
@@ -330,7 +335,12 @@ fn handle_notification<P: Plugin>(shared: &Shared<P>, method: &str, params: Opti
     }
 }
 
-async fn handle_request<P: Plugin>(shared: &Arc<Shared<P>>, id: RequestId, method: String, params: Option<Box<RawValue>>) {
+async fn handle_request<P: Plugin>(
+    shared: &Arc<Shared<P>>,
+    id: RequestId,
+    method: String,
+    params: Option<Box<RawValue>>,
+) {
     if method == methods::INITIALIZE {
         let outcome = initialize(shared, params.as_deref()).await;
         match &outcome {
@@ -383,10 +393,8 @@ async fn handle_request<P: Plugin>(shared: &Arc<Shared<P>>, id: RequestId, metho
                 Some(Ok(v)) => v,
                 Some(Err(e)) => return reply(shared, &id, Err(&RpcError::invalid_params(e.to_string()))).await,
             };
-            let meta: Meta = params_value
-                .get("_meta")
-                .and_then(|m| serde_json::from_value(m.clone()).ok())
-                .unwrap_or_default();
+            let meta: Meta =
+                params_value.get("_meta").and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();
             let stream_requested = params_value.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let token = CancellationToken::new();
             lock(&shared.in_flight).insert(id.clone(), token.clone());
@@ -445,17 +453,14 @@ async fn initialize<P: Plugin>(shared: &Shared<P>, params: Option<&RawValue>) ->
         return Err(RpcError::new(codes::INVALID_REQUEST, "already initialized"));
     }
     let params: InitializeParams = protocol::parse_params(params)?;
-    let Some(version) = params
-        .protocol_versions
-        .iter()
-        .copied()
-        .filter(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(v))
-        .max()
+    let Some(version) =
+        params.protocol_versions.iter().copied().filter(|v| SUPPORTED_PROTOCOL_VERSIONS.contains(v)).max()
     else {
-        return Err(RpcError::new(codes::UNSUPPORTED_PROTOCOL_VERSION, "unsupported protocol version")
-            .with_data(serde_json::json!({
+        return Err(RpcError::new(codes::UNSUPPORTED_PROTOCOL_VERSION, "unsupported protocol version").with_data(
+            serde_json::json!({
                 "supported": SUPPORTED_PROTOCOL_VERSIONS, "requested": params.protocol_versions,
-            })));
+            }),
+        ));
     };
     if let Some(level) = &params.log_level {
         let _ = shared.log_level.set(level);

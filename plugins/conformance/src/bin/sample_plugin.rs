@@ -15,19 +15,11 @@ struct Sample;
 
 impl Plugin for Sample {
     fn info(&self) -> PluginInfo {
-        PluginInfo {
-            name: "conformance-sample".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            sdk: None,
-        }
+        PluginInfo { name: "conformance-sample".into(), version: env!("CARGO_PKG_VERSION").into(), sdk: None }
     }
 
     fn methods(&self) -> BTreeMap<String, MethodInfo> {
-        let sleep = MethodInfo {
-            timeout_ms: Some(60_000),
-            idempotent: true,
-            stream: true,
-        };
+        let sleep = MethodInfo { timeout_ms: Some(60_000), idempotent: true, stream: true };
         BTreeMap::from([("sample.sleep".to_string(), sleep)])
     }
 
