@@ -41,6 +41,7 @@ struct AppInner {
     data_dir: PathBuf,
     started: Instant,
     shutdown: Shutdown,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -61,6 +62,10 @@ impl AppState {
     }
     pub fn shutdown(&self) -> &Shutdown {
         &self.0.shutdown
+    }
+    /// The daemon's own counters and histograms (HTTP, SSE).
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.0.metrics
     }
     pub fn mirror_path(&self) -> PathBuf {
         self.0.data_dir.join("plugins.json")
@@ -177,6 +182,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
         data_dir: settings.data_dir.clone(),
         started: Instant::now(),
         shutdown: shutdown.clone(),
+        metrics: Arc::default(),
     }));
 
     let addr = listener.local_addr()?;

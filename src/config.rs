@@ -256,13 +256,14 @@ impl Registry {
         let mut seen = HashSet::new();
         for (i, entry) in entries.iter().enumerate() {
             let path = format!("$.plugins[{i}]");
+            // Duplicates are found even among entries that are invalid for other reasons.
+            if let Some(name) = entry.get("name").and_then(Value::as_str)
+                && !seen.insert(name.to_owned())
+            {
+                errors.push(format!("{path}.name: duplicate name {name:?}"));
+            }
             match PluginSpec::from_value(entry) {
-                Ok(spec) => {
-                    if !seen.insert(spec.name.clone()) {
-                        errors.push(format!("{path}.name: duplicate name {:?}", spec.name.as_str()));
-                    }
-                    plugins.push(spec);
-                }
+                Ok(spec) => plugins.push(spec),
                 Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{path}{e}"))),
             }
         }

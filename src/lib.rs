@@ -7,6 +7,7 @@
 //!   signals).
 //! - [`rpc`]: the svp/1 client side (ids, deadlines, cancellation, streams).
 //! - [`logs`]: plug-in stderr → ring buffers and live subscribers.
+//! - [`metrics`]: counters and histograms of the daemon, and the Prometheus text writer.
 //! - [`store`]: SQLite (`bkg.db`), the only module that knows SQL.
 //! - [`http`]: the axum router, the only module that knows status codes.
 //! - [`shutdown`]: signals and the graceful/forced shutdown tokens.
@@ -15,6 +16,7 @@ pub mod app;
 pub mod config;
 pub mod http;
 pub mod logs;
+pub mod metrics;
 pub mod rpc;
 pub mod shutdown;
 pub mod store;

@@ -60,6 +60,8 @@ pub struct Stats {
     pub oversized_frames: AtomicU64,
     pub late_messages: AtomicU64,
     pub timeouts: AtomicU64,
+    /// Call latency by method (exported by `/metrics`).
+    pub latency: crate::metrics::MethodLatency,
 }
 
 struct Pending {
@@ -170,7 +172,9 @@ impl RpcClient {
             return Err(if self.0.closed.is_cancelled() { Error::Unavailable } else { Error::Overloaded });
         }
         self.0.stats.calls.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
         let outcome = tokio::time::timeout(timeout, rx).await;
+        self.0.stats.latency.observe(method, sent_at.elapsed());
         guard.id = None;
         match outcome {
             Ok(Ok(Ok(raw))) => Ok(raw),

@@ -5,6 +5,7 @@
 
 mod migrate;
 mod registry;
+mod settings;
 
 use std::path::Path;
 use std::sync::mpsc as std_mpsc;
@@ -12,7 +13,8 @@ use std::sync::mpsc as std_mpsc;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-pub use registry::ConfigVersion;
+pub use registry::{ConfigVersion, CurrentConfig};
+pub use settings::StoredGroup;
 
 /// Store failures, as callers need to tell them apart.
 #[derive(Debug, thiserror::Error)]

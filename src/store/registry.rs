@@ -210,6 +210,90 @@ impl Store {
     }
 }
 
+/// The config a plug-in runs with now and the version that introduced it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CurrentConfig {
+    pub version: i64,
+    pub config: Value,
+}
+
+fn stored_spec(conn: &Connection, name: &str) -> Result<Value, Error> {
+    let text: Option<String> =
+        conn.query_row("SELECT spec FROM plugins WHERE name = ?1", [name], |r| r.get(0)).optional()?;
+    let text = text.ok_or(Error::NotFound)?;
+    serde_json::from_str(&text).map_err(|e| Error::Corrupt(format!("plugins.spec of {name}: {e}")))
+}
+
+impl Store {
+    /// A registered plug-in's config and its newest version number (`NotFound` if unknown).
+    pub async fn current_config(&self, name: String) -> Result<CurrentConfig, Error> {
+        self.run(move |c| {
+            let spec = stored_spec(c, &name)?;
+            let version: i64 = c.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM plugin_config_versions WHERE plugin = ?1",
+                [&name],
+                |r| r.get(0),
+            )?;
+            let config = spec.get("config").cloned().unwrap_or(Value::Object(Default::default()));
+            Ok(CurrentConfig { version, config })
+        })
+        .await
+    }
+
+    /// Replaces the config inside the stored spec (every other field as stored), adds it as a new
+    /// version with an audit row, trims the history to `keep` versions (0 = all), commits, then
+    /// rewrites the mirror. Returns the new version and the stored spec.
+    pub async fn set_config(
+        &self,
+        name: String,
+        config: Value,
+        actor: String,
+        mirror_path: Option<PathBuf>,
+        keep: u32,
+    ) -> Result<(i64, Value), Error> {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let mut spec = stored_spec(&tx, &name)?;
+            let Some(fields) = spec.as_object_mut() else {
+                return Err(Error::Corrupt(format!("plugins.spec of {name} is not an object")));
+            };
+            fields.insert("config".into(), config.clone());
+            tx.execute(
+                "UPDATE plugins SET spec = ?2, updated_at = ?3 WHERE name = ?1",
+                params![name, spec.to_string(), now()],
+            )?;
+            let version = insert_config_version(&tx, &name, &config, &actor)?;
+            // The audit row says who changed what; the config itself (secrets) stays out of it.
+            super::settings::audit(&tx, &actor, "config.update", &name, &serde_json::json!({ "version": version }))?;
+            super::settings::prune_config_versions(&tx, Some(&name), keep)?;
+            tx.commit()?;
+            mirror(c, mirror_path.as_deref())?;
+            Ok((version, spec))
+        })
+        .await
+    }
+
+    /// Sets only `enabled` in the stored spec, so a concurrent config change is never overwritten
+    /// by an older copy of the spec.
+    pub async fn set_enabled(&self, name: String, enabled: bool, mirror_path: Option<PathBuf>) -> Result<(), Error> {
+        self.run(move |c| {
+            let tx = c.transaction()?;
+            let mut spec = stored_spec(&tx, &name)?;
+            let Some(fields) = spec.as_object_mut() else {
+                return Err(Error::Corrupt(format!("plugins.spec of {name} is not an object")));
+            };
+            fields.insert("enabled".into(), Value::Bool(enabled));
+            tx.execute(
+                "UPDATE plugins SET spec = ?2, updated_at = ?3 WHERE name = ?1",
+                params![name, spec.to_string(), now()],
+            )?;
+            tx.commit()?;
+            mirror(c, mirror_path.as_deref())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

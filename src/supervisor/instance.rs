@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::process::{self, SpawnError};
 use super::state::ExitInfo;
-use crate::config::{PluginName, PluginSpec};
+use crate::config::{Launch, PluginName, PluginSpec};
 use crate::logs::{Level, LogSink, MAX_LINE_BYTES, PluginLog};
 use crate::rpc::{self, CallOptions, ClientConfig, RpcClient};
 
@@ -245,12 +245,16 @@ async fn handshake(ctx: &InstanceCtx, client: &RpcClient) -> Result<InitializeRe
             init.protocol_version
         )));
     }
-    if init.plugin.name != spec.name.as_str() {
-        return Err(fatal(format!(
-            "handshake failed: plug-in calls itself {:?} but is registered as {:?}",
-            init.plugin.name,
-            spec.name.as_str()
-        )));
+    // A built-in must be the plug-in it claims to be. A third-party executable may be registered
+    // under any name (two instances of one binary), so its self-reported name is advisory.
+    match &spec.launch {
+        Launch::Builtin { builtin } if init.plugin.name != *builtin => {
+            return Err(fatal(format!("handshake failed: built-in {builtin:?} answered as {:?}", init.plugin.name)));
+        }
+        Launch::Command { .. } if init.plugin.name != spec.name.as_str() => {
+            tracing::info!(plugin = %spec.name, reported = %init.plugin.name, "plug-in reports a different name");
+        }
+        _ => {}
     }
     if init.limits.max_message_bytes == Some(0) || init.limits.max_concurrent_requests == Some(0) {
         return Err(fatal("handshake failed: plug-in declared zero limits".into()));
