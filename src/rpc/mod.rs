@@ -7,12 +7,12 @@
 
 mod transport;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bkg_plugin_sdk::protocol::{self, CancelParams, RequestId, RpcError, codes, methods};
+use bkg_plugin_sdk::protocol::{self, CancelParams, Limits, MethodInfo, RequestId, RpcError, codes, methods};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -77,11 +77,21 @@ struct Inner {
     close_input: CancellationToken,
     shutting_down: AtomicBool,
     default_timeout: Duration,
-    max_message_bytes: usize,
+    negotiated: std::sync::RwLock<Negotiated>,
     stats: Stats,
     /// Time of the last message from the plug-in, as ms since `epoch`.
     last_activity_ms: AtomicU64,
     epoch: Instant,
+}
+
+/// Limits learnt from the plug-in's handshake.
+struct Negotiated {
+    /// Application calls in flight at most (`limits.maxConcurrentRequests`).
+    max_concurrent: usize,
+    /// Largest request line the plug-in accepts (`limits.maxMessageBytes`).
+    max_message_bytes: usize,
+    /// Declared `timeoutMs` per method.
+    timeouts: HashMap<String, Duration>,
 }
 
 /// A cheap-clone handle to one plug-in connection.
@@ -132,7 +142,11 @@ impl RpcClient {
             close_input: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             default_timeout: config.default_timeout,
-            max_message_bytes: config.max_outgoing_bytes,
+            negotiated: std::sync::RwLock::new(Negotiated {
+                max_concurrent: usize::MAX,
+                max_message_bytes: config.max_outgoing_bytes,
+                timeouts: HashMap::new(),
+            }),
             stats: Stats::default(),
             last_activity_ms: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -156,15 +170,32 @@ impl RpcClient {
         if self.0.closed.is_cancelled() || self.0.shutting_down.load(Ordering::Acquire) && method != methods::SHUTDOWN {
             return Err(Error::Unavailable);
         }
-        let timeout = options.timeout.unwrap_or(self.0.default_timeout);
+        let (timeout, max_bytes, max_concurrent) = {
+            let n = self.0.negotiated.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            // A plug-in may shorten the daemon's default deadline for a method, never lengthen it;
+            // an explicit deadline from the caller wins.
+            let declared = n.timeouts.get(method).copied().unwrap_or(self.0.default_timeout);
+            let timeout = options.timeout.unwrap_or_else(|| declared.min(self.0.default_timeout));
+            (timeout, n.max_message_bytes, n.max_concurrent)
+        };
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let params = with_meta(params, timeout, options.stream.is_some());
         let line = protocol::encode_request(&RequestId::from(id), method, &params);
-        if line.len() - 1 > self.0.max_message_bytes {
+        if line.len() - 1 > max_bytes {
             return Err(Error::TooLarge(line.len() - 1));
         }
         let (tx, rx) = oneshot::channel();
-        lock(&self.0.pending).insert(id, Pending { reply: tx, stream: options.stream });
+        {
+            let mut pending = lock(&self.0.pending);
+            // Fail fast instead of queueing behind a full plug-in (protocol.md §2.7). Protocol
+            // calls (`$/ping`, `plugin.health`, `shutdown`) are never refused, so an application
+            // flood cannot make a healthy plug-in look hung.
+            let is_protocol = method.starts_with("$/") || method == methods::HEALTH || method == methods::SHUTDOWN;
+            if !is_protocol && pending.len() >= max_concurrent {
+                return Err(Error::Overloaded);
+            }
+            pending.insert(id, Pending { reply: tx, stream: options.stream });
+        }
         let mut guard = CancelOnDrop { client: self, id: Some(id) };
         if self.0.out.try_send(line).is_err() {
             lock(&self.0.pending).remove(&id);
@@ -188,6 +219,21 @@ impl RpcClient {
                 Err(Error::Timeout(timeout))
             }
         }
+    }
+
+    /// Applies the limits and per-method deadlines a plug-in declared in its handshake.
+    pub fn apply_handshake(&self, limits: &Limits, declared: &BTreeMap<String, MethodInfo>) {
+        let mut n = self.0.negotiated.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(max) = limits.max_concurrent_requests.filter(|m| *m > 0) {
+            n.max_concurrent = max;
+        }
+        if let Some(max) = limits.max_message_bytes.filter(|m| *m > 0) {
+            n.max_message_bytes = n.max_message_bytes.min(max);
+        }
+        n.timeouts = declared
+            .iter()
+            .filter_map(|(name, info)| Some((name.clone(), Duration::from_millis(info.timeout_ms.filter(|t| *t > 0)?))))
+            .collect();
     }
 
     /// Sends a notification (fire and forget; dropped when the queue is full or closed).

@@ -139,3 +139,38 @@ async fn junk_and_oversized_lines_are_skipped_and_eof_fails_pending_calls() {
     assert!(matches!(res, Err(Error::Unavailable)), "{res:?}");
     assert!(client.is_closed());
 }
+
+#[tokio::test]
+async fn declared_limits_fail_fast_and_declared_deadlines_apply() {
+    let client = connect().await;
+    let methods: BTreeMap<String, MethodInfo> =
+        [("t.sleep".to_string(), MethodInfo { timeout_ms: Some(50), ..MethodInfo::default() })].into();
+    let limits = bkg_plugin_sdk::Limits { max_concurrent_requests: Some(1), max_message_bytes: Some(1024) };
+    client.apply_handshake(&limits, &methods);
+    // The declared 50 ms deadline applies when the caller gives none.
+    let err = client.call("t.sleep", json!({"ms": 5_000}), CallOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Timeout(d) if d == Duration::from_millis(50)), "{err:?}");
+    // One call in flight is the limit: a second one fails fast, protocol calls still pass.
+    let c = client.clone();
+    let slow = tokio::spawn(async move {
+        c.call("t.sleep", json!({"ms": 300}), CallOptions { timeout: Some(Duration::from_secs(5)), stream: None }).await
+    });
+    wait_until(|| client.in_flight() == 1).await;
+    let err = client.call("t.echo", json!({"v": 1}), CallOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::Overloaded), "{err:?}");
+    client.call("$/ping", json!({}), CallOptions::default()).await.unwrap();
+    slow.await.unwrap().unwrap();
+    // Requests larger than the declared input cap are refused before they are sent.
+    let err = client.call("t.echo", json!({"v": "x".repeat(2000)}), CallOptions::default()).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge(_)), "{err:?}");
+}
+
+async fn wait_until(mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("condition never held");
+}

@@ -259,6 +259,7 @@ async fn handshake(ctx: &InstanceCtx, client: &RpcClient) -> Result<InitializeRe
     if init.limits.max_message_bytes == Some(0) || init.limits.max_concurrent_requests == Some(0) {
         return Err(fatal("handshake failed: plug-in declared zero limits".into()));
     }
+    client.apply_handshake(&init.limits, &init.methods);
     client.notify(methods::INITIALIZED, json!({}));
     if init.capabilities.health.is_none() {
         return Ok(init);
