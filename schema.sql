@@ -48,3 +48,41 @@ CREATE TABLE IF NOT EXISTS meta (
     key         TEXT PRIMARY KEY,
     value       TEXT NOT NULL
 );
+
+-- apikeys plug-in: users, API keys, sessions. Secrets are never stored in plain text:
+-- passwords and keys as bcrypt, session tokens and CSRF tokens as SHA-256.
+CREATE TABLE IF NOT EXISTS users (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+    disabled      INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL,            -- unix seconds
+    updated_at    INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS api_keys (
+    id            TEXT PRIMARY KEY,            -- public 12-char base62 id
+    name          TEXT NOT NULL,
+    key_hash      TEXT NOT NULL,               -- bcrypt of bkg_<id>_<secret>
+    hint          TEXT NOT NULL,
+    scopes        TEXT NOT NULL,               -- JSON array, expanded
+    created_by    TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,            -- unix seconds
+    expires_at    INTEGER,
+    revoked_at    INTEGER,
+    last_used_at  INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    sid           TEXT PRIMARY KEY,            -- public 12-char base62 id
+    user_id       INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    secret_sha256 TEXT NOT NULL,
+    csrf_sha256   TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,            -- absolute, never extended
+    last_seen_at  INTEGER NOT NULL,
+    ip            TEXT,
+    user_agent    TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);

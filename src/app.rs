@@ -19,14 +19,16 @@ use crate::shutdown::Shutdown;
 use crate::store::{self, Store};
 use crate::supervisor::{SupervisorConfig, SupervisorHandle};
 
-/// Daemon settings (command line > `BKG_*` environment > defaults).
+/// Daemon settings (command line > `BKG_*` environment > database > defaults).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
     /// The registry to seed a new database from; the embedded default when `None`.
     pub registry_file: Option<PathBuf>,
-    /// Level for plug-ins (`trace`..`error`).
-    pub plugin_log_level: String,
+    /// Settings-group values given as flags or env variables (they win over the database).
+    pub args: crate::settings::SettingsArgs,
+    /// Swaps the daemon's log filter at runtime (`logging.level`); `None` when not reloadable.
+    pub log_control: Option<crate::settings::LogControl>,
 }
 
 /// Cheap-clone handle to everything a request handler may need.
@@ -42,6 +44,11 @@ struct AppInner {
     started: Instant,
     shutdown: Shutdown,
     metrics: Arc<crate::metrics::Metrics>,
+    settings: crate::settings::LiveSettings,
+    /// Serializes config changes: store order = apply order.
+    config_lock: tokio::sync::Mutex<()>,
+    /// Serializes settings changes: store order = apply order.
+    settings_lock: tokio::sync::Mutex<()>,
 }
 
 impl AppState {
@@ -67,6 +74,18 @@ impl AppState {
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.0.metrics
     }
+    /// The settings groups the daemon runs with now.
+    pub fn settings(&self) -> &crate::settings::LiveSettings {
+        &self.0.settings
+    }
+    /// Held by a config change from its checks until the supervisor has the new spec.
+    pub fn config_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.0.config_lock
+    }
+    /// Held by a settings change from its checks until it is applied.
+    pub fn settings_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.0.settings_lock
+    }
     pub fn mirror_path(&self) -> PathBuf {
         self.0.data_dir.join("plugins.json")
     }
@@ -84,10 +103,22 @@ impl AppState {
         self.0.store.delete_plugin(name.to_owned(), Some(self.mirror_path())).await
     }
 
-    /// Records whether a plug-in is enabled, so the choice survives a restart.
+    /// Records whether a plug-in is enabled, so the choice survives a restart. Only the stored
+    /// `enabled` flag changes: `spec` may predate a concurrent config change.
     pub async fn persist_enabled(&self, spec: &PluginSpec, enabled: bool) -> Result<(), store::Error> {
-        let spec = PluginSpec { enabled, ..spec.clone() };
-        self.0.store.replace_spec(spec.to_value(), Some(self.mirror_path())).await
+        self.0.store.set_enabled(spec.name.to_string(), enabled, Some(self.mirror_path())).await
+    }
+
+    /// Stores a plug-in's new config as a new version (history trimmed per
+    /// `retention.config_versions_kept`) and mirrors it; returns the version and the stored spec.
+    pub async fn persist_config(
+        &self,
+        name: &str,
+        config: serde_json::Value,
+        actor: &str,
+    ) -> Result<(i64, serde_json::Value), store::Error> {
+        let keep = self.0.settings.config_versions_kept();
+        self.0.store.set_config(name.to_owned(), config, actor.to_owned(), Some(self.mirror_path()), keep).await
     }
 }
 
@@ -164,13 +195,14 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
     let registry = load_registry(&store, &settings).await?;
     store.sync_mirror(settings.data_dir.join("plugins.json")).await?;
     let token = admin_token(&settings.data_dir)?;
+    let live = load_settings(&store, &settings).await?;
 
     let logs = LogHub::new();
     let supervisor = SupervisorHandle::start(
         registry,
         SupervisorConfig {
             plugins_dir: settings.data_dir.join("plugins"),
-            log_level: settings.plugin_log_level.clone(),
+            log_level: crate::settings::plugin_level(&live.current().logging.level),
         },
         logs.clone(),
     );
@@ -183,12 +215,16 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
         started: Instant::now(),
         shutdown: shutdown.clone(),
         metrics: Arc::default(),
+        settings: live,
+        config_lock: tokio::sync::Mutex::new(()),
+        settings_lock: tokio::sync::Mutex::new(()),
     }));
 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
     let server = tokio::spawn(http::serve(listener, state.clone(), shutdown.graceful.clone()));
     notify_ready_when_started(&supervisor).await;
+    spawn_watchdog(&supervisor);
 
     // A forced shutdown (second signal) skips the grace periods of plug-ins still stopping.
     let force = shutdown.force.clone();
@@ -209,6 +245,47 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
     supervisor.shutdown().await;
     tracing::info!("all plug-ins stopped; bye");
     Ok(())
+}
+
+/// The running settings: defaults, then each group stored in the database, then flags and env.
+/// A stored group that no longer validates is skipped with a warning (its defaults apply); a bad
+/// flag or env value is an error.
+async fn load_settings(store: &Store, settings: &Settings) -> anyhow::Result<crate::settings::LiveSettings> {
+    use crate::settings::{DaemonSettings, Group, LiveSettings};
+    let mut merged = DaemonSettings::default();
+    for stored in store.load_settings().await? {
+        let Some(group) = Group::parse(&stored.group) else {
+            tracing::warn!(group = %stored.group, "ignoring an unknown settings group in bkg.db");
+            continue;
+        };
+        match merged.with_group(group, &stored.value) {
+            Ok(next) => merged = next,
+            Err(e) => tracing::warn!(group = %stored.group, error = %e, "ignoring invalid stored settings"),
+        }
+    }
+    let merged = settings.args.apply_to(&merged).map_err(|e| anyhow::anyhow!("invalid setting {e}"))?;
+    Ok(LiveSettings::new(merged, settings.args.clone(), settings.log_control.clone()))
+}
+
+/// Under systemd with `WatchdogSec=`, sends `WATCHDOG=1` at half the interval, but only while
+/// the supervisor actor answers a round trip: a wedged actor stops the pings and systemd
+/// restarts the service.
+fn spawn_watchdog(supervisor: &SupervisorHandle) {
+    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    let period = (interval / 2).max(Duration::from_millis(10));
+    let supervisor = supervisor.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if matches!(tokio::time::timeout(period, supervisor.ping()).await, Ok(true)) {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                tracing::warn!("the supervisor did not answer within {period:?}; skipping the watchdog ping");
+            }
+        }
+    });
 }
 
 /// Tells systemd `READY=1` once every required plug-in reached a settled state (bounded).

@@ -10,6 +10,7 @@
 //! - [`metrics`]: counters and histograms of the daemon, and the Prometheus text writer.
 //! - [`store`]: SQLite (`bkg.db`), the only module that knows SQL.
 //! - [`http`]: the axum router, the only module that knows status codes.
+//! - [`settings`]: the daemon's settings groups (typed, validated, live).
 //! - [`shutdown`]: signals and the graceful/forced shutdown tokens.
 
 pub mod app;
@@ -18,6 +19,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod rpc;
+pub mod settings;
 pub mod shutdown;
 pub mod store;
 pub mod supervisor;

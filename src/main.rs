@@ -33,9 +33,9 @@ enum Cmd {
         /// Log format of the daemon's own logs: pretty or json (default: pretty on a TTY).
         #[arg(long, env = "BKG_LOG_FORMAT")]
         log_format: Option<String>,
-        /// Log level (trace, debug, info, warn, error) or a tracing filter.
-        #[arg(long, env = "BKG_LOG_LEVEL", default_value = "info")]
-        log_level: String,
+        /// Settings-group values; each wins over the database (see `/admin/settings`).
+        #[command(flatten)]
+        settings: bkg::settings::SettingsArgs,
     },
     /// Run a built-in plug-in (started by the daemon, not by hand).
     Plugin {
@@ -55,8 +55,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Cmd::Serve { listen, data_dir, registry, log_format, log_level } => {
-            init_tracing(log_format.as_deref(), &log_level);
+        Cmd::Serve { listen, data_dir, registry, log_format, settings } => {
+            if let Err(e) = settings.apply_to(&bkg::settings::DaemonSettings::default()) {
+                eprintln!("bkg: invalid setting {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let log_control = init_tracing(log_format.as_deref(), settings.log_level().unwrap_or("info"));
             let registry = registry.or_else(|| {
                 let local = PathBuf::from("plugins.json");
                 local.is_file().then_some(local)
@@ -66,7 +70,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EXIT_CONFIG);
             }
             let settings =
-                bkg::Settings { data_dir, registry_file: registry, plugin_log_level: plugin_level(&log_level) };
+                bkg::Settings { data_dir, registry_file: registry, args: settings, log_control: Some(log_control) };
             serve(settings, listen)
         }
     }
@@ -98,15 +102,9 @@ fn serve(settings: bkg::Settings, listen: SocketAddr) -> ExitCode {
     }
 }
 
-/// Plug-ins get a plain level, not a filter expression.
-fn plugin_level(filter: &str) -> String {
-    match filter {
-        "trace" | "debug" | "info" | "warn" | "error" => filter.to_owned(),
-        _ => "info".to_owned(),
-    }
-}
-
-fn init_tracing(format: Option<&str>, level: &str) {
+/// Installs the daemon's subscriber (stderr, JSON or pretty) with a reloadable filter, and
+/// returns the handle that `logging.level` changes go through.
+fn init_tracing(format: Option<&str>, level: &str) -> bkg::settings::LogControl {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -116,9 +114,25 @@ fn init_tracing(format: Option<&str>, level: &str) {
         None => !std::io::stderr().is_terminal(),
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> bkg::settings::LogControl
+    where
+        L: From<EnvFilter> + Send + Sync + 'static,
+        S: 'static,
+    {
+        bkg::settings::LogControl::new(move |level| {
+            let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        })
+    }
     if json {
-        builder.json().flatten_event(true).init();
-    } else {
+        let builder = builder.json().flatten_event(true).with_filter_reloading();
+        let handle = control(builder.reload_handle());
         builder.init();
+        handle
+    } else {
+        let builder = builder.with_filter_reloading();
+        let handle = control(builder.reload_handle());
+        builder.init();
+        handle
     }
 }

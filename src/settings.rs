@@ -277,11 +277,16 @@ fn override_source(group: Group, field: &str) -> &'static str {
 }
 
 impl SettingsArgs {
+    /// The log level flag or env value; an empty `BKG_LOG_LEVEL=` counts as unset.
+    pub fn log_level(&self) -> Option<&str> {
+        self.log_level.as_deref().filter(|v| !v.trim().is_empty())
+    }
+
     /// Laid over `base`, validated (a bad flag or env value is a configuration error).
     pub fn apply_to(&self, base: &DaemonSettings) -> Result<DaemonSettings, SettingError> {
         let mut s = base.clone();
-        if let Some(v) = &self.log_level {
-            s.logging.level = v.clone();
+        if let Some(v) = self.log_level() {
+            s.logging.level = v.to_owned();
             s.validate(Group::Logging)?;
         }
         if let Some(v) = self.body_limit_bytes {
@@ -302,7 +307,7 @@ impl SettingsArgs {
     /// Fields of `group` set by a flag or env variable, with where they come from.
     pub fn overrides(&self, group: Group) -> Map<String, Value> {
         let set: &[(&str, bool)] = match group {
-            Group::Logging => &[("level", self.log_level.is_some())],
+            Group::Logging => &[("level", self.log_level().is_some())],
             Group::Security => &[("body_limit_bytes", self.body_limit_bytes.is_some())],
             Group::Plugins => &[("config_apply_wait_ms", self.config_apply_wait_ms.is_some())],
             Group::Retention => &[("config_versions_kept", self.config_versions_kept.is_some())],
@@ -314,9 +319,12 @@ impl SettingsArgs {
     }
 }
 
+/// The function behind [`LogControl`]: installs a filter or says why it could not.
+type SetFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
 /// Changes the daemon's tracing filter at runtime (installed by `main`).
 #[derive(Clone)]
-pub struct LogControl(Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>);
+pub struct LogControl(Arc<SetFilter>);
 
 impl LogControl {
     /// Wraps the function that swaps the filter (a `tracing_subscriber::reload` handle).
@@ -450,6 +458,9 @@ mod tests {
         assert_eq!(s.security.body_limit_bytes, 2048);
         assert_eq!(args.overrides(Group::Security).len(), 1);
         assert!(args.overrides(Group::Logging).is_empty());
+        let empty = SettingsArgs { log_level: Some(String::new()), ..Default::default() };
+        assert!(empty.overrides(Group::Logging).is_empty());
+        assert_eq!(empty.apply_to(&DaemonSettings::default()).unwrap().logging.level, "info");
         let bad = SettingsArgs { log_level: Some("x=y=z".into()), ..Default::default() };
         assert_eq!(bad.apply_to(&DaemonSettings::default()).unwrap_err().field, "logging.level");
     }

@@ -5,8 +5,14 @@
 
 pub mod error;
 pub mod guard;
+mod config;
 mod health;
+mod logs;
+mod metrics;
+pub mod openapi;
 mod plugins;
+mod settings;
+mod system;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -29,7 +35,21 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/plugins/{name}", get(plugins::get).delete(plugins::remove))
         .route("/admin/plugins/{name}/rpc", post(plugins::rpc))
         .route("/admin/plugins/{name}/{op}", post(plugins::control))
+        .route("/admin/plugins/{name}/config", get(config::get).post(config::post))
+        .route("/admin/plugins/{name}/config/history", get(config::history))
+        .route("/admin/settings", get(settings::list))
+        .route("/admin/settings/{group}", get(settings::get).put(settings::put))
+        .route("/admin/plugins/{name}/logs", get(logs::plugin))
+        .route("/admin/logs", get(logs::all))
+        .route("/metrics", get(metrics::get))
+        .route("/admin/system", get(system::get))
+        .route("/openapi.json", get(openapi::get))
+        // Inside the default limit below, so `security.body_limit_bytes` is the one that counts.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), settings::body_limit))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost, so every answer is counted (by route template, see `metrics::track`);
+        // routes added below this line would not be.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
 

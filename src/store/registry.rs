@@ -215,6 +215,8 @@ impl Store {
 pub struct CurrentConfig {
     pub version: i64,
     pub config: Value,
+    /// The whole stored registry entry (config included).
+    pub spec: Value,
 }
 
 fn stored_spec(conn: &Connection, name: &str) -> Result<Value, Error> {
@@ -235,7 +237,7 @@ impl Store {
                 |r| r.get(0),
             )?;
             let config = spec.get("config").cloned().unwrap_or(Value::Object(Default::default()));
-            Ok(CurrentConfig { version, config })
+            Ok(CurrentConfig { version, config, spec })
         })
         .await
     }

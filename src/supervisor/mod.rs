@@ -202,6 +202,15 @@ impl SupervisorHandle {
         }
     }
 
+    /// A round trip through the actor's command queue (for the systemd watchdog): `true` once the
+    /// actor has answered a command, `false` if it is gone.
+    pub async fn ping(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        // "" is never a plug-in name (names are validated), so this is a lookup with no effect.
+        let probe = Command::Control { name: String::new(), op: ControlOp::Start, reply };
+        self.tx.send(probe).await.is_ok() && rx.await.is_ok()
+    }
+
     /// Skips the remaining grace periods: SIGKILL to every plug-in group (second signal).
     pub fn force_kill(&self) {
         let _ = self.tx.try_send(Command::ForceKill);

@@ -3,6 +3,11 @@
 // Helpers are shared between test modules with plain `pub`; nothing here is a public API.
 #![allow(unreachable_pub)]
 
+mod config_api;
 mod conformance;
+mod control;
 mod lifecycle;
+mod logs_sse;
+mod observability;
 mod support;
+mod systemd;

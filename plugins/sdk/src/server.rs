@@ -89,6 +89,20 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// A context not attached to any connection, for calling [`Plugin::call`] directly in unit
+    /// tests: never cancelled, and [`CallContext::stream`] sends nothing.
+    pub fn detached() -> Self {
+        let (out, _) = mpsc::channel(1);
+        Self {
+            id: RequestId::Num(0),
+            cancel: CancellationToken::new(),
+            stream_requested: false,
+            finished: Arc::new(AtomicBool::new(false)),
+            seq: Arc::new(AtomicU64::new(0)),
+            out,
+        }
+    }
+
     /// True once the daemon cancelled the call or its deadline passed.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()

@@ -1,0 +1,201 @@
+//! `bkg-bench`: the performance benchmarks of issue 3 (and issue 4's HTTP numbers), against the
+//! real `bkg` binary. Programs that print numbers, never timed assertions.
+//!
+//! Every benchmark runs `--runs` times (fresh processes each time); the markdown table on stdout
+//! shows the median and the range over the runs, the issue's target and PASS/MISS of the
+//! median. Progress and notes go to stderr. `bench/run.sh` builds release and runs them all.
+
+// A benchmark's whole output is its report on stdout.
+#![allow(clippy::print_stdout)]
+
+mod daemon;
+mod http;
+mod restart;
+mod rpc;
+mod startup;
+mod stats;
+mod stderr;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::stats::Metric;
+
+#[derive(Parser)]
+#[command(name = "bkg-bench", about = "Benchmarks of the bkg daemon; prints a markdown table")]
+struct Cli {
+    /// The `bkg` binary (default: `bkg` next to this executable, i.e. target/release/bkg).
+    #[arg(long, global = true)]
+    bkg: Option<PathBuf>,
+    /// Repetitions of each benchmark; the table shows median and range.
+    #[arg(long, global = true, default_value_t = 3)]
+    runs: usize,
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct RpcArgs {
+    /// Sequential `echo.echo` calls (after 2,000 warm-up calls).
+    #[arg(long, default_value_t = 20_000)]
+    rpc_calls: usize,
+    /// Concurrent callers.
+    #[arg(long, default_value_t = 32)]
+    rpc_callers: usize,
+    /// Calls per concurrent caller.
+    #[arg(long, default_value_t = 5_000)]
+    rpc_calls_per_caller: usize,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct RestartArgs {
+    /// Measured SIGKILLs per run (after 3 warm-up kills).
+    #[arg(long, default_value_t = 50)]
+    kills: usize,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct StderrArgs {
+    /// Lines the plug-in writes to stderr.
+    #[arg(long, default_value_t = 200_000)]
+    lines: u64,
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct HttpArgs {
+    /// Sequential `GET /admin/plugins` requests (after 500 warm-up requests).
+    #[arg(long, default_value_t = 10_000)]
+    requests: usize,
+    /// Log lines timed from plug-in to SSE client.
+    #[arg(long, default_value_t = 500)]
+    sse_lines: usize,
+    /// SSE clients for the fan-out measurement (0 skips it).
+    #[arg(long, default_value_t = 1_000)]
+    fanout_clients: usize,
+    /// Lines written during the fan-out measurement (below the limiter's burst of 10,000).
+    #[arg(long, default_value_t = 1_000)]
+    fanout_lines: u64,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Bench {
+    /// svp/1 over stdio: sequential and 32-caller `echo.echo` through `bkg::rpc::RpcClient`.
+    Rpc(RpcArgs),
+    /// SIGKILL a ready plug-in; time to the next ready process.
+    Restart(RestartArgs),
+    /// `bkg serve` to 4 fake plug-ins ready; daemon RSS with them idle.
+    Startup,
+    /// Daemon CPU per stderr line for 200,000 lines from one plug-in.
+    Stderr(StderrArgs),
+    /// `GET /admin/plugins` latency; SSE latency and fan-out when the logs route exists.
+    Http(HttpArgs),
+    /// Everything above, in this order.
+    All {
+        #[command(flatten)]
+        rpc: RpcArgs,
+        #[command(flatten)]
+        restart: RestartArgs,
+        #[command(flatten)]
+        stderr: StderrArgs,
+        #[command(flatten)]
+        http: HttpArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bkg-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(table) => {
+            print!("{table}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bkg-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    let bkg = match cli.bkg {
+        Some(p) => p,
+        None => std::env::current_exe()?.with_file_name("bkg"),
+    };
+    anyhow::ensure!(
+        bkg.is_file(),
+        "{} not found: build it (cargo build --release -p bkg) or pass --bkg",
+        bkg.display()
+    );
+    let runs = cli.runs.max(1);
+    let mut all: Vec<Vec<Metric>> = (0..runs).map(|_| vec![]).collect();
+    let (rpc, restart, startup, stderr, http) = match cli.bench {
+        Bench::Rpc(a) => (Some(a), None, false, None, None),
+        Bench::Restart(a) => (None, Some(a), false, None, None),
+        Bench::Startup => (None, None, true, None, None),
+        Bench::Stderr(a) => (None, None, false, Some(a), None),
+        Bench::Http(a) => (None, None, false, None, Some(a)),
+        Bench::All { rpc, restart, stderr, http } => (Some(rpc), Some(restart), true, Some(stderr), Some(http)),
+    };
+    // Runs are interleaved per benchmark (run 1, 2, 3 of rpc, then of restart…) so that one
+    // benchmark's runs see the same machine state.
+    if let Some(a) = rpc {
+        let opts = rpc::RpcOpts {
+            sequential_calls: a.rpc_calls,
+            callers: a.rpc_callers,
+            calls_per_caller: a.rpc_calls_per_caller,
+        };
+        for (i, run) in all.iter_mut().enumerate() {
+            eprintln!("rpc: run {}/{runs}", i + 1);
+            run.extend(rpc::run(&bkg, opts).await?);
+        }
+    }
+    if let Some(a) = restart {
+        for policy in [restart::Policy::Immediate, restart::Policy::Backoff1ms] {
+            for (i, run) in all.iter_mut().enumerate() {
+                eprintln!("restart ({policy:?}): run {}/{runs}", i + 1);
+                run.extend(restart::run(&bkg, a.kills, policy).await?);
+            }
+        }
+    }
+    if startup {
+        for (i, run) in all.iter_mut().enumerate() {
+            eprintln!("startup: run {}/{runs}", i + 1);
+            run.extend(startup::run(&bkg).await?);
+        }
+    }
+    if let Some(a) = stderr {
+        let variants = [
+            (stderr::Source::Log, a.lines),
+            (stderr::Source::Flood, a.lines),
+            (stderr::Source::Log, stderr::BELOW_BURST),
+        ];
+        for (source, lines) in variants {
+            for (i, run) in all.iter_mut().enumerate() {
+                eprintln!("stderr ({source:?}, {lines} lines): run {}/{runs}", i + 1);
+                run.extend(stderr::run(&bkg, lines, source).await?);
+            }
+        }
+    }
+    if let Some(a) = http {
+        let opts = http::HttpOpts {
+            requests: a.requests,
+            sse_lines: a.sse_lines,
+            fanout_clients: a.fanout_clients,
+            fanout_lines: a.fanout_lines,
+        };
+        for (i, run) in all.iter_mut().enumerate() {
+            eprintln!("http: run {}/{runs}", i + 1);
+            run.extend(http::run(&bkg, opts).await?);
+        }
+    }
+    Ok(stats::markdown(&all))
+}

@@ -1,0 +1,243 @@
+//! `bkg-rag-eval`: the retrieval evaluation harness.
+//!
+//! Indexes a corpus with the real engine (the same code the plug-in runs), asks every question
+//! of a question file in each mode, and reports recall@5 and MRR@10 per mode, plus indexing
+//! throughput and query latency.
+//!
+//! ```text
+//! bkg-rag-eval --questions eval/rust-book.jsonl --corpus "$(rustc --print sysroot)/share/doc/rust/html/book" \
+//!     --exclude print.html --exclude 2018-edition ...
+//! ```
+//!
+//! Question file: JSON Lines, one object per line:
+//! `{"id": "q1", "question": "…", "expected": ["ch04-01-what-is-ownership.html"]}`; `expected`
+//! lists the relevant source documents as paths relative to the corpus root (one suffices to
+//! count a hit). Blank lines and lines starting with `#` are ignored.
+//!
+//! Metrics, per mode, averaged over questions:
+//! - recall@5: the fraction of a question's expected documents that appear among the top 5
+//!   results (chunks mapped to their documents);
+//! - MRR@10: 1/rank of the first result (among the top 10) from an expected document, else 0.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use bkg_plugin_rag::config::RagConfig;
+use bkg_plugin_rag::engine::{Engine, Mode, ModelState};
+use clap::Parser;
+use serde::Deserialize;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "bkg-rag-eval", about = "recall@5 and MRR@10 of the rag plug-in's retrieval modes")]
+struct Args {
+    /// Question file (JSON Lines: {"id", "question", "expected": [paths relative to the corpus]}).
+    #[arg(long)]
+    questions: PathBuf,
+    /// Corpus directory (the plug-in's single root).
+    #[arg(long)]
+    corpus: PathBuf,
+    /// Exclusion glob (repeatable), as in the plug-in's `exclude` config.
+    #[arg(long)]
+    exclude: Vec<String>,
+    /// Index directory (default: a fresh temporary one, removed at the end).
+    #[arg(long)]
+    index_dir: Option<PathBuf>,
+    /// Model directory (default: the plug-in's default).
+    #[arg(long)]
+    model_dir: Option<PathBuf>,
+    /// Modes to evaluate, comma separated.
+    #[arg(long, default_value = "bm25,vector,hybrid")]
+    modes: String,
+    /// Chunk size in words (the plug-in's chunk_target_words).
+    #[arg(long)]
+    chunk_target_words: Option<usize>,
+    /// Write the full report (per-question ranks too) as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Force a full reindex of an existing index dir.
+    #[arg(long)]
+    full: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct Question {
+    #[serde(default)]
+    id: Option<String>,
+    question: String,
+    expected: Vec<String>,
+}
+
+fn load_questions(path: &Path, corpus: &Path) -> Result<Vec<Question>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let q: Question = serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        if q.question.trim().is_empty() || q.expected.is_empty() {
+            return Err(format!("{}:{}: empty question or no expected document", path.display(), n + 1));
+        }
+        for e in &q.expected {
+            if !corpus.join(e).is_file() {
+                return Err(format!("{}:{}: expected document {e:?} is not in the corpus", path.display(), n + 1));
+            }
+        }
+        out.push(q);
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no questions", path.display()));
+    }
+    Ok(out)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bkg-rag-eval: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let corpus = args.corpus.canonicalize().map_err(|e| format!("{}: {e}", args.corpus.display()))?;
+    let corpus_str = corpus.to_str().ok_or("the corpus path is not UTF-8")?.to_owned();
+    let questions = load_questions(&args.questions, &corpus)?;
+    let modes: Vec<Mode> = args
+        .modes
+        .split(',')
+        .map(|m| Mode::parse(m.trim()).ok_or_else(|| format!("unknown mode {m:?}")))
+        .collect::<Result<_, _>>()?;
+    let (index_dir, temporary) = match &args.index_dir {
+        Some(d) => (d.clone(), false),
+        None => (std::env::temp_dir().join(format!("bkg-rag-eval-{}", std::process::id())), true),
+    };
+    let mut config = json!({"roots": [corpus_str], "index_dir": index_dir, "exclude": args.exclude});
+    if let Some(m) = &args.model_dir {
+        config["model_dir"] = json!(m);
+    }
+    if let Some(w) = args.chunk_target_words {
+        config["chunk_target_words"] = json!(w);
+    }
+    let resolved = RagConfig::from_value(&config).and_then(|c| c.resolve(None)).map_err(|e| e.to_string())?;
+    let result = evaluate(args, resolved, &questions, &modes, &corpus_str);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&index_dir);
+    }
+    result
+}
+
+fn evaluate(
+    args: &Args,
+    resolved: bkg_plugin_rag::config::Resolved,
+    questions: &[Question],
+    modes: &[Mode],
+    corpus: &str,
+) -> Result<(), String> {
+    let opened = Instant::now();
+    let engine = Engine::open(resolved).map_err(|e| e.to_string())?;
+    let open_s = opened.elapsed().as_secs_f64();
+    if let ModelState::Missing(msg) = engine.model()
+        && modes.iter().any(|m| *m != Mode::Bm25)
+    {
+        return Err(format!("vector modes need the model: {msg}"));
+    }
+    let started = Instant::now();
+    let report = engine.reindex(args.full, &|| false).map_err(|e| e.to_string())?;
+    let index_s = started.elapsed().as_secs_f64();
+    let mb = report.bytes_read as f64 / 1_048_576.0;
+    let mut out = std::io::stdout().lock();
+    let w = |out: &mut std::io::StdoutLock<'_>, s: String| writeln!(out, "{s}").map_err(|e| e.to_string());
+    w(
+        &mut out,
+        format!(
+            "indexed {} files ({} skipped), {:.1} MiB read, {} chunks, {} embedded, in {:.1} s \
+             ({:.2} MiB/s, {:.0} chunks/s; model load + open {:.1} s); index on disk {:.1} MiB",
+            report.files,
+            report.skipped,
+            mb,
+            report.chunks,
+            report.embedded,
+            index_s,
+            if index_s > 0.0 { mb / index_s } else { 0.0 },
+            if index_s > 0.0 { report.chunks_added as f64 / index_s } else { 0.0 },
+            open_s,
+            engine.index_bytes() as f64 / 1_048_576.0
+        ),
+    )?;
+    let prefix = format!("{corpus}/");
+    let mut summary = BTreeMap::new();
+    let mut per_question = Vec::new();
+    w(&mut out, format!("{} questions from {}", questions.len(), args.questions.display()))?;
+    w(&mut out, format!("{:<8} {:>9} {:>8} {:>7} {:>9} {:>9}", "mode", "recall@5", "MRR@10", "hit@1", "p50 ms", "p99 ms"))?;
+    for &mode in modes {
+        let mut recall_sum = 0.0;
+        let mut mrr_sum = 0.0;
+        let mut hit1 = 0usize;
+        let mut latencies = Vec::with_capacity(questions.len());
+        for (qi, q) in questions.iter().enumerate() {
+            let query = engine.validate(&q.question, 10, mode, None).map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            let hits = engine.query(&query).map_err(|e| e.to_string())?;
+            latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            let docs: Vec<&str> = hits.iter().map(|h| h.source.path.strip_prefix(&prefix).unwrap_or(&h.source.path)).collect();
+            let top5: Vec<&str> = docs.iter().take(5).copied().collect();
+            let found = q.expected.iter().filter(|e| top5.contains(&e.as_str())).count();
+            recall_sum += found as f64 / q.expected.len() as f64;
+            let first = docs.iter().position(|d| q.expected.iter().any(|e| e == d));
+            if let Some(rank) = first {
+                mrr_sum += 1.0 / (rank as f64 + 1.0);
+                if rank == 0 {
+                    hit1 += 1;
+                }
+            }
+            per_question.push(json!({
+                "id": q.id.clone().unwrap_or_else(|| format!("q{}", qi + 1)),
+                "mode": mode.as_str(),
+                "first_relevant_rank": first.map(|r| r + 1),
+                "top5": top5,
+            }));
+        }
+        latencies.sort_by(f64::total_cmp);
+        let n = questions.len() as f64;
+        let (recall, mrr) = (recall_sum / n, mrr_sum / n);
+        let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+        w(
+            &mut out,
+            format!("{:<8} {:>9.3} {:>8.3} {:>7.3} {:>9.2} {:>9.2}", mode.as_str(), recall, mrr, hit1 as f64 / n, p50, p99),
+        )?;
+        summary.insert(
+            mode.as_str(),
+            json!({"recall@5": recall, "mrr@10": mrr, "hit@1": hit1 as f64 / n, "p50_ms": p50, "p99_ms": p99}),
+        );
+    }
+    if let Some(path) = &args.json {
+        let body = json!({
+            "questions": questions.len(),
+            "corpus": corpus,
+            "index": report,
+            "index_seconds": index_s,
+            "modes": summary,
+            "per_question": per_question,
+        });
+        let text = serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `POST /admin/plugins/{name}/{start,stop,restart,enable,disable}` against the real daemon:
+//! concurrent calls end in one consistent state with at most one live process, the calls are
+//! idempotent, impossible ones are refused, enable/disable survive a daemon restart, and a
+//! disable racing a config change loses neither.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{TestDaemon, WAIT, alive, fake_spec, marker, pids_with_env, wait_for};
+
+/// The parent pid of a process, from `/proc/<pid>/stat`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `bkg plugin fake` processes of this test (tagged by `marker`) whose parent is the daemon.
+fn plugin_processes(daemon: u32, marker: &str) -> Vec<u32> {
+    pids_with_env("BKG_TEST_MARKER", marker)
+        .into_iter()
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            parent_of(*pid) == Some(daemon) && cmdline.split(|b| *b == 0).any(|arg| arg == b"fake")
+        })
+        .collect()
+}
+
+fn tagged_fake(name: &str, marker: &str) -> Value {
+    fake_spec(name, json!({}), json!({ "BKG_TEST_MARKER": marker }))
+}
+
+/// Waits until the plug-in is in a state no call is still moving it out of.
+async fn settled(d: &TestDaemon, name: &str) -> Value {
+    d.wait_plugin(name, "a settled state", |v| matches!(v["state"].as_str(), Some("ready" | "stopped" | "disabled")))
+        .await
+}
+
+#[tokio::test]
+async fn concurrent_start_stop_restart_end_consistent_with_one_process_at_most() {
+    let tag = marker();
+    let d = TestDaemon::start(vec![tagged_fake("busy", &tag)]).await;
+    d.wait_ready("busy").await;
+    let daemon = d.pid();
+
+    for round in 0..3 {
+        let ops: Vec<&str> = (0..50).map(|i| ["start", "stop", "restart"][(i * 7 + round) % 3]).collect();
+        let calls = ops.iter().map(|op| {
+            let (http, url, token) = (d.http.clone(), d.url(&format!("/admin/plugins/busy/{op}")), d.token.clone());
+            async move {
+                let res = http.post(url).bearer_auth(token).send().await.expect("POST");
+                let status = res.status();
+                (status, res.json::<Value>().await.expect("JSON answer"))
+            }
+        });
+        for (status, body) in futures_util::future::join_all(calls).await {
+            assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+            assert!(body["state"].is_string(), "round {round}: {body}");
+        }
+
+        let view = settled(&d, "busy").await;
+        let procs = plugin_processes(daemon, &tag);
+        match view["state"].as_str() {
+            Some("ready") => {
+                assert_eq!(procs.len(), 1, "round {round}: ready with processes {procs:?}");
+                assert_eq!(view["pid"].as_u64(), Some(u64::from(procs[0])), "round {round}: {view}");
+            }
+            _ => assert!(procs.is_empty(), "round {round}: {view} with processes {procs:?}"),
+        }
+
+        // Whatever the race left, a final start and stop behave.
+        let (status, _) = d.post("/admin/plugins/busy/start", json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        let view = d.wait_ready("busy").await;
+        assert_eq!(plugin_processes(daemon, &tag), vec![view["pid"].as_u64().expect("pid") as u32]);
+        let (status, body) = d.post("/admin/plugins/busy/stop", json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        d.wait_plugin("busy", "stopped", |v| v["state"] == "stopped").await;
+        assert!(plugin_processes(daemon, &tag).is_empty(), "stopped but a process is left");
+        let (status, _) = d.post("/admin/plugins/busy/start", json!({})).await;
+        assert_eq!(status, StatusCode::OK);
+        d.wait_ready("busy").await;
+    }
+}
+
+#[tokio::test]
+async fn start_and_stop_are_idempotent_and_impossible_calls_are_refused() {
+    let tag = marker();
+    let d = TestDaemon::start(vec![tagged_fake("calm", &tag)]).await;
+    let ready = d.wait_ready("calm").await;
+
+    let (status, body) = d.post("/admin/plugins/calm/start", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!((body["state"].clone(), body["pid"].clone()), (json!("ready"), ready["pid"].clone()));
+    assert_eq!(body["generation"], ready["generation"], "start on a ready plug-in spawned again");
+
+    let pid = ready["pid"].as_u64().expect("pid") as u32;
+    let (status, _) = d.post("/admin/plugins/calm/stop", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    d.wait_plugin("calm", "stopped", |v| v["state"] == "stopped").await;
+    assert!(!alive(pid), "the stopped plug-in's process is still alive");
+    let (status, body) = d.post("/admin/plugins/calm/stop", json!({})).await;
+    assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("stopped")), "{body}");
+
+    let (status, body) = d.post("/admin/plugins/calm/disable", json!({})).await;
+    assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("disabled")), "{body}");
+    for op in ["start", "restart", "reload"] {
+        let (status, body) = d.post(&format!("/admin/plugins/calm/{op}"), json!({})).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{op} on a disabled plug-in: {body}");
+        assert_eq!(body["error"]["code"], "conflict");
+    }
+    let (status, body) = d.post("/admin/plugins/calm/disable", json!({})).await;
+    assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("disabled")), "{body}");
+    assert!(pids_with_env("BKG_TEST_MARKER", &tag).is_empty());
+
+    let (status, body) = d.post("/admin/plugins/calm/fly", json!({})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{body}");
+    let (status, body) = d.post("/admin/plugins/nope/start", json!({})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::NOT_FOUND, json!("not_found")), "{body}");
+    let (status, body) = d.post("/admin/plugins/Calm/start", json!({})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "name");
+
+    let (status, body) = d.post("/admin/plugins/calm/enable", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    d.wait_ready("calm").await;
+}
+
+fn mirror_entry(dir: &Path, name: &str) -> Value {
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("plugins.json")).expect("mirror")).expect("mirror JSON");
+    doc["plugins"].as_array().expect("plugins").iter().find(|p| p["name"] == name).cloned().expect("entry")
+}
+
+#[tokio::test]
+async fn enable_and_disable_survive_a_daemon_restart() {
+    let tag = marker();
+    let mut d = TestDaemon::start(vec![tagged_fake("keep", &tag)]).await;
+    let tmp = d.take_dir().expect("temp dir");
+    d.wait_ready("keep").await;
+
+    let (status, _) = d.post("/admin/plugins/keep/disable", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mirror_entry(&d.dir, "keep")["enabled"], false);
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_exit(WAIT).await;
+
+    let mut d = TestDaemon::start_in(tmp.path(), None).await;
+    let view = d.plugin("keep").await;
+    assert_eq!(view["state"], "disabled", "{view}");
+    assert!(pids_with_env("BKG_TEST_MARKER", &tag).is_empty(), "a disabled plug-in was started");
+    let (status, _) = d.post("/admin/plugins/keep/enable", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    d.wait_ready("keep").await;
+    assert_eq!(mirror_entry(&d.dir, "keep")["enabled"], true);
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    d.wait_exit(WAIT).await;
+
+    let d = TestDaemon::start_in(tmp.path(), None).await;
+    d.wait_ready("keep").await;
+}
+
+#[tokio::test]
+async fn disable_racing_config_changes_loses_neither() {
+    let tag = marker();
+    let d = TestDaemon::start(vec![tagged_fake("race", &tag)]).await;
+    d.wait_ready("race").await;
+
+    let configs = (0..10).map(|i| {
+        let (http, url, token) = (d.http.clone(), d.url("/admin/plugins/race/config"), d.token.clone());
+        async move {
+            let body = json!({"config": {"starting_ms": i}});
+            http.post(url).bearer_auth(token).json(&body).send().await.expect("POST config").status()
+        }
+    });
+    let toggles = (0..10).map(|i| {
+        let op = if i % 2 == 0 { "disable" } else { "enable" };
+        let (http, url, token) = (d.http.clone(), d.url(&format!("/admin/plugins/race/{op}")), d.token.clone());
+        async move { http.post(url).bearer_auth(token).send().await.expect("POST toggle").status() }
+    });
+    let (config_statuses, toggle_statuses) =
+        tokio::join!(futures_util::future::join_all(configs), futures_util::future::join_all(toggles));
+    assert!(config_statuses.iter().all(|s| *s == StatusCode::OK), "{config_statuses:?}");
+    assert!(toggle_statuses.iter().all(|s| *s == StatusCode::OK), "{toggle_statuses:?}");
+
+    // A last disable decides the enabled flag; the newest config version must be the one in the
+    // stored spec and in the mirror.
+    let (status, _) = d.post("/admin/plugins/race/disable", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for("disabled", WAIT, || async { (d.plugin("race").await["state"] == "disabled").then_some(()) }).await;
+    let (_, current) = d.get("/admin/plugins/race/config").await;
+    let (_, history) = d.get("/admin/plugins/race/config/history").await;
+    assert_eq!(current["version"], history["versions"][0]["version"]);
+    assert_eq!(current["config"], history["versions"][0]["config"]);
+    assert_eq!(current["version"], 11, "ten changes after the seeded version 1");
+    let entry = mirror_entry(&d.dir, "race");
+    assert_eq!(entry["config"], current["config"], "the mirror lost a config change");
+    assert_eq!(entry["enabled"], false, "the mirror lost the disable");
+}
