@@ -39,7 +39,7 @@ struct AppInner {
     supervisor: SupervisorHandle,
     logs: LogHub,
     store: Store,
-    admin_token: String,
+    login_throttle: crate::auth::LoginThrottle,
     data_dir: PathBuf,
     started: Instant,
     shutdown: Shutdown,
@@ -61,8 +61,8 @@ impl AppState {
     pub fn store(&self) -> &Store {
         &self.0.store
     }
-    pub fn admin_token(&self) -> &str {
-        &self.0.admin_token
+    pub fn login_throttle(&self) -> &crate::auth::LoginThrottle {
+        &self.0.login_throttle
     }
     pub fn uptime(&self) -> Duration {
         self.0.started.elapsed()
@@ -132,29 +132,39 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
-/// Reads `<data>/admin.token`, creating it (0600, 256 random bits) on first start.
-fn admin_token(dir: &Path) -> anyhow::Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("admin.token");
-    match std::fs::read_to_string(&path) {
-        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+/// `ADMIN_PASSWORD` from the environment, else systemd's `LoadCredential=admin-password`.
+fn configured_admin_password() -> anyhow::Result<Option<String>> {
+    if let Ok(pw) = std::env::var("ADMIN_PASSWORD")
+        && !pw.is_empty()
+    {
+        return Ok(Some(pw));
     }
-    let token = format!("bkgadm_{}", hex::encode(rand::random::<[u8; 32]>()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(token.as_bytes())?;
-    file.sync_all()?;
-    tracing::info!(path = %path.display(), "created the local admin token");
-    Ok(token)
+    let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") else { return Ok(None) };
+    let path = Path::new(&dir).join("admin-password");
+    match std::fs::read_to_string(&path) {
+        Ok(pw) => Ok(Some(pw.trim_end_matches(['\r', '\n']).to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The admin password to hand to the apikeys plug-in: the configured one, or on first start
+/// (no admin user yet) a generated one, printed once to the console and never logged.
+async fn admin_password(store: &Store) -> anyhow::Result<Option<String>> {
+    if let Some(pw) = configured_admin_password()? {
+        return Ok(Some(pw));
+    }
+    if store.has_admin_user().await? {
+        return Ok(None);
+    }
+    let pw = bkg_plugin_apikeys::token::random_base62(24);
+    // Deliberately not through tracing: the password must not reach log files or journald
+    // aggregation; it is shown once on the console of the first start.
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!("\n  bkg: first start; created user \"admin\" with password: {pw}\n  (set ADMIN_PASSWORD to choose your own; it is not shown again)\n");
+    }
+    Ok(Some(pw))
 }
 
 /// Loads the registry from the database, seeding it from the file on first start.
@@ -177,6 +187,17 @@ async fn load_registry(store: &Store, settings: &Settings) -> anyhow::Result<Reg
     Ok(registry)
 }
 
+/// What the daemon adds to the built-in apikeys plug-in's config at spawn time (never stored in
+/// the registry): the database path and, when known, the admin password.
+fn apikeys_injection(db_path: &Path, admin_password: Option<String>) -> crate::supervisor::Injected {
+    let mut extra = serde_json::Map::new();
+    extra.insert("database".into(), serde_json::json!(db_path));
+    if let Some(pw) = admin_password {
+        extra.insert("admin_password".into(), serde_json::Value::String(pw));
+    }
+    crate::supervisor::Injected::from([("apikeys".to_owned(), extra)])
+}
+
 /// Validates a registry file without starting anything (used before `run`).
 pub fn check_registry_file(path: Option<&Path>) -> anyhow::Result<()> {
     let text = match path {
@@ -194,7 +215,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
     let store = Store::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
     let registry = load_registry(&store, &settings).await?;
     store.sync_mirror(settings.data_dir.join("plugins.json")).await?;
-    let token = admin_token(&settings.data_dir)?;
+    let admin_password = admin_password(&store).await?;
     let live = load_settings(&store, &settings).await?;
 
     let logs = LogHub::new();
@@ -203,6 +224,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
         SupervisorConfig {
             plugins_dir: settings.data_dir.join("plugins"),
             log_level: crate::settings::plugin_level(&live.current().logging.level),
+            injected: apikeys_injection(&db_path, admin_password),
         },
         logs.clone(),
     );
@@ -210,7 +232,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
         supervisor: supervisor.clone(),
         logs,
         store,
-        admin_token: token,
+        login_throttle: crate::auth::LoginThrottle::new(5, 30),
         data_dir: settings.data_dir.clone(),
         started: Instant::now(),
         shutdown: shutdown.clone(),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Plug-ins compiled into the `bkg` binary and run as `bkg plugin <name>`.
-pub const BUILTINS: &[&str] = &["echo", "fake"];
+pub const BUILTINS: &[&str] = &["apikeys", "echo", "fake", "llm", "rag"];
 
 /// The registry shipped with the repository, used when no file is given.
 pub const EMBEDDED_REGISTRY: &str = include_str!("../plugins.json");

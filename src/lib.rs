@@ -14,6 +14,7 @@
 //! - [`shutdown`]: signals and the graceful/forced shutdown tokens.
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod logs;

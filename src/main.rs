@@ -48,8 +48,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Plugin { name } => match name.as_str() {
+            "apikeys" => bkg_plugin_apikeys::run(),
             "echo" => bkg_plugin_echo::run(),
             "fake" => bkg_plugin_fake::run(),
+            "llm" => bkg_plugin_llm::run(),
+            "rag" => bkg_plugin_rag::run(),
             other => {
                 eprintln!("unknown built-in plug-in {other:?} (known: {})", bkg::config::BUILTINS.join(", "));
                 ExitCode::from(2)

@@ -289,6 +289,19 @@ pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     Ok((utime + stime) as f64 / ticks as f64)
 }
 
+/// CPU time of a process in seconds from the scheduler (`/proc/<pid>/task/*/schedstat`, ns
+/// resolution): the sum over the threads alive now, so a thread that exited is missing.
+pub(crate) fn sched_seconds(pid: u32) -> anyhow::Result<f64> {
+    let mut ns: u64 = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = task?.path().join("schedstat");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            ns += text.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
 /// A `kB` field of /proc/<pid>/status (`VmRSS`, `RssAnon`, `RssFile`, `VmHWM`…) in KiB.
 pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -125,7 +125,7 @@ fn fmt_round(v: f64, round: Round) -> String {
         return "n/a".into();
     }
     let a = v.abs();
-    let decimals: i32 = if a >= 10_000.0 {
+    let decimals: i32 = if a >= 10_000.0 || (a >= 1.0 && v.fract() == 0.0 && round == Round::Nearest) {
         0
     } else if a >= 100.0 {
         1

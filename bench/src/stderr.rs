@@ -52,6 +52,7 @@ pub(crate) async fn run(bkg: &Path, lines: u64, source: Source) -> anyhow::Resul
     };
     let kept_before = d.plugin_lines("f", word);
     let cpu_before = daemon::cpu_seconds(pid)?;
+    let sched_before = daemon::sched_seconds(pid)?;
     let t0 = Instant::now();
     let body = json!({"method": method, "params": params, "timeout_ms": 120_000});
     let (status, reply) = d.post("/admin/plugins/f/rpc", &body).await?;
@@ -62,6 +63,7 @@ pub(crate) async fn run(bkg: &Path, lines: u64, source: Source) -> anyhow::Resul
 
     let settled = settle(&d, pid, word).await?;
     let cpu = daemon::cpu_seconds(pid)? - cpu_before;
+    let sched = daemon::sched_seconds(pid)? - sched_before;
     let kept = d.plugin_lines("f", word) - kept_before;
     let dropped = lines.saturating_sub(kept);
     let (_, view) = d.get("/admin/plugins/f").await?;
@@ -91,11 +93,23 @@ pub(crate) async fn run(bkg: &Path, lines: u64, source: Source) -> anyhow::Resul
                 "µs",
                 cpu * 1e6 / lines as f64,
             ),
+            Metric::info(
+                BENCH,
+                format!("{label} ×{n} (all kept): daemon CPU per line (schedstat, ns resolution)"),
+                "µs",
+                sched * 1e6 / lines as f64,
+            ),
             Metric::info(BENCH, format!("{label} ×{n} (all kept): lines kept"), "lines", kept as f64),
         ]);
     }
     Ok(vec![
         Metric::info(BENCH, format!("{label} ×{n}: daemon CPU per line offered"), "µs", cpu * 1e6 / lines as f64),
+        Metric::info(
+            BENCH,
+            format!("{label} ×{n}: same, from schedstat (ns resolution)"),
+            "µs",
+            sched * 1e6 / lines as f64,
+        ),
         Metric::info(BENCH, format!("{label} ×{n}: daemon CPU total"), "ms", cpu * 1e3),
         Metric::info(BENCH, format!("{label} ×{n}: lines kept (rate limit)"), "lines", kept as f64),
         Metric::info(BENCH, format!("{label} ×{n}: lines dropped (rate limit)"), "lines", dropped as f64),

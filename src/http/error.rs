@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::auth::AuthError;
 use crate::rpc;
 use crate::store;
 use crate::supervisor;
@@ -19,8 +20,10 @@ pub enum ApiError {
     BadRequest { field: String, reason: String },
     #[error("missing or invalid credentials")]
     Unauthorized,
-    #[error("forbidden: this route needs scope {0}")]
+    #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error("too many requests; retry in {0} s")]
+    TooManyRequests(u64),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -45,6 +48,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
@@ -61,6 +65,17 @@ impl From<supervisor::Error> for ApiError {
             supervisor::Error::NotFound(_) => ApiError::NotFound(e.to_string()),
             supervisor::Error::AlreadyExists(_) | supervisor::Error::Conflict(_) => ApiError::Conflict(e.to_string()),
             supervisor::Error::ShuttingDown => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Unauthorized(_) => ApiError::Unauthorized,
+            AuthError::Forbidden(scope) => ApiError::Forbidden(format!("this route needs scope {scope}")),
+            AuthError::Csrf(why) => ApiError::Forbidden(why.to_string()),
+            AuthError::Unavailable => ApiError::Unavailable("authentication is unavailable; try again".into()),
         }
     }
 }
@@ -89,6 +104,7 @@ impl From<rpc::Error> for ApiError {
                     (_, Some(400)) | (bkg_plugin_sdk::protocol::codes::INVALID_PARAMS, _) => {
                         ApiError::bad_request("params", err.message)
                     }
+                    (_, Some(403)) => ApiError::Forbidden(err.message),
                     (_, Some(404)) => ApiError::NotFound(err.message),
                     (_, Some(409)) => ApiError::Conflict(err.message),
                     _ => ApiError::Internal(anyhow::anyhow!("plug-in error {}: {}", err.code, err.message)),
@@ -116,8 +132,20 @@ impl IntoResponse for ApiError {
             body["error"]["details"] = details;
         }
         let mut response = (status, Json(body)).into_response();
-        if matches!(self, ApiError::Unavailable(_)) {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::TooManyRequests(secs) => {
+                if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+            }
+            _ => {}
         }
         response
     }

@@ -75,6 +75,9 @@ pub(super) async fn get(_caller: Caller, State(state): State<AppState>) -> Resul
     Ok(response)
 }
 
+/// A counter family read from a stats struct: name, help, reader.
+type Family<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 fn render(state: &AppState, me: Option<super::system::ProcStats>) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut enc = TextEncoder::new();
@@ -119,7 +122,7 @@ fn render(state: &AppState, me: Option<super::system::ProcStats>) -> String {
 
     // rpc counters of each live connection.
     let clients: Vec<_> = plugins.iter().filter_map(|p| Some((p.name.as_str(), p.client.as_ref()?))).collect();
-    let families: [(&str, &str, fn(&crate::rpc::Stats) -> u64); 4] = [
+    let families: [Family<crate::rpc::Stats>; 4] = [
         ("bkg_plugin_rpc_calls_total", "Calls sent to the plug-in process", |s| s.calls.load(Relaxed)),
         ("bkg_plugin_rpc_timeouts_total", "Calls that hit their deadline", |s| s.timeouts.load(Relaxed)),
         ("bkg_plugin_rpc_junk_lines_total", "Lines on the protocol pipe that were not svp/1", |s| {
@@ -147,7 +150,7 @@ fn render(state: &AppState, me: Option<super::system::ProcStats>) -> String {
     // Log counters (every log the hub knows, including plug-ins removed since).
     let mut logs = state.logs().all();
     logs.sort_by(|a, b| a.name().cmp(b.name()));
-    let families: [(&str, &str, fn(&crate::logs::LogCounters) -> u64); 3] = [
+    let families: [Family<crate::logs::LogCounters>; 3] = [
         ("bkg_plugin_log_lines_total", "Log lines kept from the plug-in", |c| c.lines.load(Relaxed)),
         ("bkg_plugin_log_dropped_total", "Log lines dropped by the rate limit", |c| c.dropped.load(Relaxed)),
         ("bkg_plugin_log_bytes_total", "Bytes of log messages kept", |c| c.bytes.load(Relaxed)),

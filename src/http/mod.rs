@@ -3,21 +3,24 @@
 //! Architecture Invariant: this is the only module that knows axum or HTTP status codes; handlers
 //! are thin (parse, call, map). Every guarded handler takes a `guard::Caller`.
 
+mod auth;
 pub mod error;
 pub mod guard;
 mod config;
+mod keys;
 mod health;
 mod logs;
 mod metrics;
 pub mod openapi;
 mod plugins;
+mod rag;
 mod settings;
 mod system;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::rejection::JsonRejection;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,16 @@ pub const BODY_LIMIT: usize = 1024 * 1024;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::get))
+        .route("/auth/login", post(auth::login))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/me", get(auth::me))
+        .route("/admin/keys", get(keys::list_keys).post(keys::create_key))
+        .route("/admin/keys/{id}", delete(keys::revoke_key))
+        .route("/admin/sessions", get(keys::list_sessions))
+        .route("/admin/sessions/{id}", delete(keys::terminate_session))
+        .route("/admin/users", get(keys::list_users).post(keys::create_user))
+        .route("/admin/users/{name}", patch(keys::update_user))
+        .route("/admin/audit", get(keys::audit_log))
         .route("/admin/plugins", get(plugins::list).post(plugins::register))
         .route("/admin/plugins/{name}", get(plugins::get).delete(plugins::remove))
         .route("/admin/plugins/{name}/rpc", post(plugins::rpc))
@@ -44,18 +57,44 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::get))
         .route("/admin/system", get(system::get))
         .route("/openapi.json", get(openapi::get))
+        .route("/rag/query", post(rag::query))
+        .route("/rag/reindex", post(rag::reindex))
+        .route("/rag/status", get(rag::status))
         // Inside the default limit below, so `security.body_limit_bytes` is the one that counts.
         .layer(axum::middleware::from_fn_with_state(state.clone(), settings::body_limit))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         // Outermost, so every answer is counted (by route template, see `metrics::track`);
         // routes added below this line would not be.
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Gives every request an id (the client's `x-request-id` when it is sane, else a random one),
+/// visible to handlers as [`guard::RequestId`] and echoed in the response.
+async fn request_id(mut request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::http::HeaderValue;
+    let given = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_owned);
+    let id = given.unwrap_or_else(|| hex::encode(rand::random::<[u8; 8]>()));
+    request.extensions_mut().insert(guard::RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests.
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: CancellationToken) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    // Connect info gives handlers the peer address (login throttling, audit); forwarded headers
+    // are never trusted for it.
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 /// Maps axum's JSON body rejections onto our error shape.

@@ -59,13 +59,43 @@ const LOG_QUERY: &[Param] = &[
     Param { name: "q", kind: "string", description: "only lines whose message contains this text" },
 ];
 
+const AUDIT_QUERY: &[Param] = &[
+    Param { name: "from", kind: "string", description: "RFC 3339 time, inclusive" },
+    Param { name: "to", kind: "string", description: "RFC 3339 time, exclusive" },
+    Param { name: "actor", kind: "string", description: "user:<name> or key:<id>" },
+    Param { name: "action", kind: "string", description: "e.g. key.created" },
+    Param { name: "target", kind: "string", description: "e.g. plugin:llm" },
+    Param { name: "limit", kind: "integer", description: "entries per page (1 to 500, default 100)" },
+    Param { name: "offset", kind: "integer", description: "the next_offset of the previous page" },
+];
+
 /// Routes that need no credentials.
-pub const PUBLIC: &[(&str, &str)] = &[("GET", "/health"), ("GET", "/openapi.json")];
+pub const PUBLIC: &[(&str, &str)] = &[("GET", "/health"), ("GET", "/openapi.json"), ("POST", "/auth/login")];
 
 /// Every route of the router.
 pub const ROUTES: &[RouteDoc] = &[
     route("GET", "/health", "system", "Aggregated health: ok, degraded (200) or down (503)"),
     route("GET", "/openapi.json", "system", "This document"),
+    with_body(route(
+        "POST",
+        "/auth/login",
+        "auth",
+        "Log in with user and password: a session token (also set as a cookie) and its CSRF token; 429 when throttled",
+    )),
+    route("POST", "/auth/logout", "auth", "End the calling session"),
+    route("GET", "/auth/me", "auth", "The calling principal: user or key, role, scopes"),
+    route("GET", "/admin/keys", "keys", "API keys (never their secrets)"),
+    RouteDoc {
+        ok: (201, JSON),
+        ..with_body(route("POST", "/admin/keys", "keys", "Create an API key (the secret is shown once)"))
+    },
+    route("DELETE", "/admin/keys/{id}", "keys", "Revoke an API key"),
+    route("GET", "/admin/sessions", "keys", "Open sessions"),
+    route("DELETE", "/admin/sessions/{id}", "keys", "End a session"),
+    route("GET", "/admin/users", "users", "Users and their roles"),
+    with_body(route("POST", "/admin/users", "users", "Create a user")),
+    with_body(route("PATCH", "/admin/users/{name}", "users", "Change a user's role, password or disabled flag")),
+    RouteDoc { query: AUDIT_QUERY, ..route("GET", "/admin/audit", "audit", "The audit trail, newest first, paged") },
     RouteDoc { ok: (200, crate::metrics::CONTENT_TYPE), ..route("GET", "/metrics", "system", "Prometheus metrics") },
     route(
         "GET",
@@ -179,8 +209,10 @@ fn operation(r: &RouteDoc) -> Value {
         "responses": responses,
     });
     match scope {
+        // Any valid credential, no particular scope.
+        Some("") => op["security"] = json!([{ "bearer": [] }, { "session": [] }]),
         Some(scope) => {
-            op["security"] = json!([{ "bearer": [scope] }]);
+            op["security"] = json!([{ "bearer": [scope] }, { "session": [scope] }]);
             op["x-scope"] = json!(scope);
         }
         None => op["security"] = json!([]),
@@ -209,7 +241,13 @@ pub fn document() -> Value {
         "components": {
             "securitySchemes": {
                 // OpenAPI 3.1 lets non-OAuth schemes list required roles: here, the scope.
-                "bearer": { "type": "http", "scheme": "bearer" },
+                "bearer": { "type": "http", "scheme": "bearer", "description": "an API key or a session token" },
+                "session": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": guard::SESSION_COOKIE,
+                    "description": "the session cookie of POST /auth/login; unsafe methods also need the X-CSRF-Token header",
+                },
             },
             "schemas": {
                 "Error": {
@@ -277,7 +315,11 @@ mod tests {
         for r in ROUTES {
             let op = &doc["paths"][r.path][r.method.to_lowercase()];
             assert!(op.is_object(), "{} {} missing", r.method, r.path);
-            let expected = scope_of(r).map_or(json!([]), |s| json!([{ "bearer": [s] }]));
+            let expected = match scope_of(r) {
+                None => json!([]),
+                Some("") => json!([{ "bearer": [] }, { "session": [] }]),
+                Some(s) => json!([{ "bearer": [s] }, { "session": [s] }]),
+            };
             assert_eq!(op["security"], expected, "{} {}", r.method, r.path);
             let params: Vec<&str> = op["parameters"]
                 .as_array()

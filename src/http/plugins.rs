@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::auth::{audit, caller_event};
 use super::guard::Caller;
 use crate::config::{PluginName, PluginSpec};
 use crate::supervisor::{ControlOp, PluginView};
@@ -99,6 +100,9 @@ pub(super) async fn control(
         state.persist_enabled(&view.spec, op == ControlOp::Enable).await?;
     }
     tracing::info!(actor = %caller.actor, plugin = %name, action = ?op, state = view.state.as_str(), "plug-in control");
+    let action = format!("plugin.{}", serde_json::to_value(op).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+    let detail = json!({"state": view.state});
+    audit(&state, caller_event(&caller, &action, Some(format!("plugin:{name}")), Some(detail))).await;
     Ok(Json(view_json(&view)))
 }
 
@@ -119,6 +123,7 @@ pub(super) async fn register(
     state.persist_new_plugin(&spec, &caller.actor).await?;
     let view = state.supervisor().register(spec).await?;
     tracing::info!(actor = %caller.actor, plugin = %view.name, "plug-in registered");
+    audit(&state, caller_event(&caller, "plugin.registered", Some(format!("plugin:{}", view.name)), None)).await;
     Ok((StatusCode::CREATED, Json(view_json(&view))))
 }
 
@@ -134,6 +139,7 @@ pub(super) async fn remove(
     state.persist_removal(&name).await?;
     state.supervisor().remove(&name).await?;
     tracing::info!(actor = %caller.actor, plugin = %name, "plug-in removed");
+    audit(&state, caller_event(&caller, "plugin.removed", Some(format!("plugin:{name}")), None)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -3,6 +3,7 @@
 //! Architecture Invariant: this is the only module that knows rusqlite or SQL, and no query ever
 //! runs on an async worker thread. WAL mode, `busy_timeout`, foreign keys on.
 
+mod audit;
 mod migrate;
 mod registry;
 mod settings;
@@ -13,6 +14,7 @@ use std::sync::mpsc as std_mpsc;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+pub use audit::{AuditEvent, AuditQuery};
 pub use registry::{ConfigVersion, CurrentConfig};
 pub use settings::StoredGroup;
 

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::instance::{self, InstanceCtx, InstanceEvent};
 use super::state::{Action, Event, Slot, State};
 use super::{Command, ControlOp, Error, PluginView, Snapshot, SupervisorConfig};
-use crate::config::{PluginSpec, Registry};
+use crate::config::{Launch, PluginSpec, Registry};
 use crate::logs::{Level, LogHub, LogSink};
 use crate::rpc::RpcClient;
 
@@ -291,6 +291,10 @@ impl SupervisorActor {
                     events: self.events_tx.clone(),
                     stop: stop.clone(),
                     force: force.clone(),
+                    injected: match &entry.spec.launch {
+                        Launch::Builtin { builtin } => self.config.injected.get(builtin).cloned(),
+                        Launch::Command { .. } => None,
+                    },
                 };
                 entry.health = None;
                 entry.instance = Some(Instance { generation, pid: None, client: None, stop, force });

@@ -59,6 +59,8 @@ pub(super) struct InstanceCtx {
     pub stop: CancellationToken,
     /// Cancelled to skip straight to SIGKILL (second signal, daemon exit deadline).
     pub force: CancellationToken,
+    /// Keys the daemon adds to this built-in's config (see `SupervisorConfig::injected`).
+    pub injected: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// How the running phase ended.
@@ -207,11 +209,15 @@ fn exited(status: std::io::Result<ExitStatus>) -> Ending {
 async fn handshake(ctx: &InstanceCtx, client: &RpcClient) -> Result<InitializeResult, Ending> {
     let spec = &ctx.spec;
     let fatal = |reason: String| Ending::Kill { reason, fatal: true };
+    let mut config = spec.config.clone();
+    if let (Some(extra), Some(obj)) = (&ctx.injected, config.as_object_mut()) {
+        obj.extend(extra.clone());
+    }
     let params = json!({
         "protocolVersions": protocol::SUPPORTED_PROTOCOL_VERSIONS,
         "host": {"name": "bkg", "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()},
         "plugin": {"name": spec.name, "instance": format!("{}#{}", spec.name, ctx.generation)},
-        "config": spec.config,
+        "config": config,
         "dataDir": ctx.work_dir,
         "logLevel": ctx.log_level,
         "limits": {"maxMessageBytes": protocol::DEFAULT_MAX_MESSAGE_BYTES},

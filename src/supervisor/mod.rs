@@ -126,7 +126,13 @@ pub struct SupervisorConfig {
     pub plugins_dir: PathBuf,
     /// Level handed to plug-ins at start.
     pub log_level: String,
+    /// Config keys added to a built-in's `initialize.config` at spawn time (secrets, paths);
+    /// never stored in the registry, never logged.
+    pub injected: Injected,
 }
+
+/// Built-in name → extra config keys.
+pub type Injected = BTreeMap<String, serde_json::Map<String, Value>>;
 
 pub(crate) enum Command {
     Control { name: String, op: ControlOp, reply: oneshot::Sender<Result<PluginView, Error>> },

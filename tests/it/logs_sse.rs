@@ -2,6 +2,9 @@
 //! live lines, backlog, resume without duplicates, gap events, filters, JSON mode, errors,
 //! shutdown, and 1,000 concurrent clients next to one that stops reading.
 
+// Helpers outside #[test] functions unwrap too: a panic is the failure report here.
+#![allow(clippy::unwrap_used)]
+
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -89,10 +92,25 @@ async fn recent(d: &TestDaemon, path: &str) -> Vec<Value> {
 
 async fn daemon_with(names: &[&str]) -> TestDaemon {
     let d = TestDaemon::start(names.iter().map(|n| fake_spec(n, json!({}), json!({}))).collect()).await;
+    wait_listed(&d, names).await;
     for n in names {
         d.wait_ready(n).await;
     }
     d
+}
+
+/// Waits until the supervisor has published every plug-in: right after start the HTTP server
+/// may answer before the supervisor's first snapshot, and a plug-in is then "unknown" (404).
+pub async fn wait_listed(d: &TestDaemon, names: &[&str]) {
+    wait_for("every plug-in listed", WAIT, || async {
+        let (_, list) = d.get("/admin/plugins").await;
+        let listed: Vec<&str> = list["plugins"]
+            .as_array()
+            .map(|ps| ps.iter().filter_map(|p| p["name"].as_str()).collect())
+            .unwrap_or_default();
+        names.iter().all(|n| listed.contains(n)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

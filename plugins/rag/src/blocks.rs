@@ -50,16 +50,16 @@ impl Format {
             "html" | "htm" | "xhtml" => Format::Html,
             "txt" | "text" | "" | "adoc" | "org" | "log" | "csv" | "tsv" => Format::Text,
             "rs" | "py" | "js" | "mjs" | "cjs" | "ts" | "tsx" | "jsx" | "go" | "c" | "h" | "cc" | "cpp" | "cxx"
-            | "hpp" | "hh" | "java" | "kt" | "kts" | "scala" | "rb" | "php" | "sh" | "bash" | "zsh" | "fish"
-            | "pl" | "lua" | "swift" | "cs" | "fs" | "ex" | "exs" | "erl" | "hs" | "ml" | "mli" | "clj" | "sql"
-            | "toml" | "yaml" | "yml" | "json" | "ini" | "cfg" | "conf" | "xml" | "css" | "scss" | "proto"
-            | "graphql" | "dockerfile" | "mk" | "cmake" | "gradle" | "r" | "jl" | "nix" | "zig" | "v" | "vue"
-            | "svelte" | "tf" | "service" | "el" | "vim" => Format::Code,
-            "png" | "jpg" | "jpeg" | "gif" | "webp" | "ico" | "bmp" | "tiff" | "pdf" | "zip" | "gz" | "tgz"
-            | "bz2" | "xz" | "zst" | "7z" | "rar" | "tar" | "jar" | "war" | "class" | "o" | "a" | "so" | "dylib"
-            | "dll" | "exe" | "bin" | "woff" | "woff2" | "ttf" | "otf" | "eot" | "mp3" | "mp4" | "wav" | "ogg"
-            | "flac" | "avi" | "mov" | "mkv" | "webm" | "db" | "sqlite" | "wasm" | "pyc" | "rlib" | "safetensors"
-            | "gguf" | "onnx" | "pt" | "npy" | "parquet" | "idx" | "pack" => return None,
+            | "hpp" | "hh" | "java" | "kt" | "kts" | "scala" | "rb" | "php" | "sh" | "bash" | "zsh" | "fish" | "pl"
+            | "lua" | "swift" | "cs" | "fs" | "ex" | "exs" | "erl" | "hs" | "ml" | "mli" | "clj" | "sql" | "toml"
+            | "yaml" | "yml" | "json" | "ini" | "cfg" | "conf" | "xml" | "css" | "scss" | "proto" | "graphql"
+            | "dockerfile" | "mk" | "cmake" | "gradle" | "r" | "jl" | "nix" | "zig" | "v" | "vue" | "svelte" | "tf"
+            | "service" | "el" | "vim" => Format::Code,
+            "png" | "jpg" | "jpeg" | "gif" | "webp" | "ico" | "bmp" | "tiff" | "pdf" | "zip" | "gz" | "tgz" | "bz2"
+            | "xz" | "zst" | "7z" | "rar" | "tar" | "jar" | "war" | "class" | "o" | "a" | "so" | "dylib" | "dll"
+            | "exe" | "bin" | "woff" | "woff2" | "ttf" | "otf" | "eot" | "mp3" | "mp4" | "wav" | "ogg" | "flac"
+            | "avi" | "mov" | "mkv" | "webm" | "db" | "sqlite" | "wasm" | "pyc" | "rlib" | "safetensors" | "gguf"
+            | "onnx" | "pt" | "npy" | "parquet" | "idx" | "pack" => return None,
             _ => Format::Text,
         })
     }

@@ -200,7 +200,10 @@ mod tests {
             (json!({"roots": [tmp.path().join("missing")]}), "config.roots"),
             (json!({"roots": [file]}), "config.roots"),
             (json!({"roots": [tmp.path()], "chunk_target_words": 3}), "config.chunk_target_words"),
-            (json!({"roots": [tmp.path()], "chunk_target_words": 100, "chunk_overlap_words": 60}), "config.chunk_overlap_words"),
+            (
+                json!({"roots": [tmp.path()], "chunk_target_words": 100, "chunk_overlap_words": 60}),
+                "config.chunk_overlap_words",
+            ),
             (json!({"roots": [tmp.path()], "max_top_k": 0}), "config.max_top_k"),
             (json!({"roots": [tmp.path()], "index_dir": "rel"}), "config.index_dir"),
         ];

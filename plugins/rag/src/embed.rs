@@ -62,7 +62,8 @@ impl Embedder {
         let weights = std::fs::read(dir.join("model.safetensors")).map_err(|e| model_error(dir, e))?;
         let digest = crate::doc::sha256_hex(&weights);
         let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| model_error(dir, e))?;
+        let vb =
+            VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| model_error(dir, e))?;
         let model = BertModel::load(vb, &config).map_err(|e| model_error(dir, e))?;
         let mut tokenizer = Tokenizer::from_file(dir.join("tokenizer.json")).map_err(|e| model_error(dir, e))?;
         tokenizer.with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
@@ -166,7 +167,8 @@ mod tests {
             panic!("model missing: run scripts/fetch-models.sh minilm (scripts/test.sh does this first)");
         };
         let m = Embedder::load(&dir).unwrap();
-        let v = m.embed(&["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell."]).unwrap();
+        let v =
+            m.embed(&["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell."]).unwrap();
         assert_eq!(v.len(), 3 * DIM);
         let (a, b, c) = (&v[..DIM], &v[DIM..2 * DIM], &v[2 * DIM..]);
         assert!((dot(a, a) - 1.0).abs() < 1e-4, "normalised");

@@ -195,7 +195,8 @@ fn fingerprint(cfg: &Resolved) -> String {
 
 /// Cache key of an embedded text.
 fn text_hash(model: &str, input: &str) -> u64 {
-    let digest = Sha256::new().chain_update(model.as_bytes()).chain_update([0u8]).chain_update(input.as_bytes()).finalize();
+    let digest =
+        Sha256::new().chain_update(model.as_bytes()).chain_update([0u8]).chain_update(input.as_bytes()).finalize();
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest[..8]);
     // NO_VECTOR is reserved; a collision with it only costs a cache miss.
@@ -213,7 +214,13 @@ impl Engine {
                 tracing::error!(error = %e, moved_to = %aside.display(), "the index cannot be opened; starting a new one");
                 std::fs::rename(&cfg.index_dir, &aside)
                     .map_err(|err| Error::io(format!("move {} aside", cfg.index_dir.display()), err))?;
-                (Store::open(&cfg.index_dir)?, Some(format!("the previous index was unreadable ({e}) and was moved to {}; run rag.reindex", aside.display())))
+                (
+                    Store::open(&cfg.index_dir)?,
+                    Some(format!(
+                        "the previous index was unreadable ({e}) and was moved to {}; run rag.reindex",
+                        aside.display()
+                    )),
+                )
             }
         };
         let model = if !cfg.embeddings {
@@ -308,9 +315,9 @@ impl Engine {
     fn embedder(&self) -> Result<&Arc<Embedder>> {
         match &self.model {
             ModelState::Loaded(m) => Ok(m),
-            ModelState::Disabled => {
-                Err(Error::ModelUnavailable("embeddings are disabled in the config (embeddings: false); use mode bm25".into()))
-            }
+            ModelState::Disabled => Err(Error::ModelUnavailable(
+                "embeddings are disabled in the config (embeddings: false); use mode bm25".into(),
+            )),
             ModelState::Missing(msg) => Err(Error::ModelUnavailable(msg.clone())),
         }
     }
@@ -391,7 +398,8 @@ impl Engine {
         let coverage = if chunks == 0 { 1.0 } else { snap.matrix.len() as f64 / chunks as f64 };
         let mut formats: BTreeMap<String, u64> = BTreeMap::new();
         for entry in snap.manifest.files.values() {
-            let key = serde_json::to_value(entry.format).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            let key =
+                serde_json::to_value(entry.format).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
             *formats.entry(key).or_default() += 1;
         }
         json!({
@@ -494,10 +502,16 @@ impl Engine {
                 (VectorFile::create(&self.cfg.index_dir.join(&name))?, name, true)
             }
         };
-        let mut report = ReindexReport { full, full_reason: full_reason.map(str::to_owned), generation, ..Default::default() };
+        let mut report =
+            ReindexReport { full, full_reason: full_reason.map(str::to_owned), generation, ..Default::default() };
 
         let (found, walk_skips) = paths::walk(&self.cfg.roots, &self.cfg.exclude, &self.cfg.index_dir);
-        for (reason, n) in [("symlink", walk_skips.symlink), ("non_utf8_name", walk_skips.non_utf8_name), ("unreadable", walk_skips.unreadable), ("special", walk_skips.special)] {
+        for (reason, n) in [
+            ("symlink", walk_skips.symlink),
+            ("non_utf8_name", walk_skips.non_utf8_name),
+            ("unreadable", walk_skips.unreadable),
+            ("special", walk_skips.special),
+        ] {
             if n > 0 {
                 report.skipped += n;
                 *report.skipped_by_reason.entry(reason.into()).or_default() += n;
@@ -522,7 +536,13 @@ impl Engine {
                     return Err(Error::Cancelled);
                 }
                 if last_log.elapsed() > Duration::from_secs(2) {
-                    tracing::info!(done = n, total = found.len(), chunks = report.chunks_added, embedded = report.embedded, "reindex progress");
+                    tracing::info!(
+                        done = n,
+                        total = found.len(),
+                        chunks = report.chunks_added,
+                        embedded = report.embedded,
+                        "reindex progress"
+                    );
                     last_log = Instant::now();
                 }
                 let (chunks_added, embedded) = (report.chunks_added, report.embedded);
@@ -548,7 +568,10 @@ impl Engine {
                 }
                 let skip = |report: &mut ReindexReport, reason: SkipReason, writer: &IndexWriter| {
                     report.skipped += 1;
-                    let key = serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+                    let key = serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
                     *report.skipped_by_reason.entry(key).or_default() += 1;
                     if previous.is_some() && !full {
                         writer.delete_term(self.store.path_term(&file.path));
@@ -732,7 +755,13 @@ impl EmbedBatch {
     }
 
     /// Embeds, appends the vectors, and adds the documents; returns how many were embedded.
-    fn flush(&mut self, model: &Embedder, vectors: &mut VectorFile, store: &Store, writer: &IndexWriter) -> Result<u64> {
+    fn flush(
+        &mut self,
+        model: &Embedder,
+        vectors: &mut VectorFile,
+        store: &Store,
+        writer: &IndexWriter,
+    ) -> Result<u64> {
         if self.items.is_empty() {
             return Ok(0);
         }
@@ -803,10 +832,12 @@ fn remove_stray_vector_files(dir: &Path, keep: Option<&str>) {
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
-        if name.starts_with("vectors-") && name.ends_with(".f32") && Some(name) != keep {
-            if let Err(err) = std::fs::remove_file(e.path()) {
-                tracing::warn!(file = name, error = %err, "cannot remove an old vector file");
-            }
+        if name.starts_with("vectors-")
+            && name.ends_with(".f32")
+            && Some(name) != keep
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!(file = name, error = %err, "cannot remove an old vector file");
         }
     }
 }
@@ -848,6 +879,228 @@ pub fn rrf(lists: &[&[(f32, DocAddress)]], k: f32) -> Vec<(f32, DocAddress)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RagConfig;
+    use std::sync::mpsc;
+
+    struct Corpus {
+        _tmp: tempfile::TempDir,
+        root: PathBuf,
+        index: PathBuf,
+    }
+
+    fn corpus() -> Corpus {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().canonicalize().unwrap();
+        let root = base.join("docs");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(
+            root.join("alpha.md"),
+            "# Alpha\n\nThe alpha document talks about ownership and borrowing rules.\n",
+        )
+        .unwrap();
+        std::fs::write(root.join("beta.txt"), "Beta explains lifetimes of references in plain text.\n").unwrap();
+        std::fs::write(
+            root.join("sub/page.html"),
+            "<html><head><title>x</title><script>var hidden = 'zebra';</script></head><body><main><h1>Closures</h1>\
+             <p>Closures &amp; iterators capture their environment.</p></main></body></html>",
+        )
+        .unwrap();
+        std::fs::write(root.join("sub/code.rs"), "/// Adds numbers.\nfn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n")
+            .unwrap();
+        std::fs::write(root.join("image.png"), [0x89u8, b'P', b'N', b'G', 0, 1, 2]).unwrap();
+        std::fs::write(root.join("blob.txt"), b"text\0with nul").unwrap();
+        std::fs::write(root.join("huge.txt"), "big ".repeat(5000)).unwrap();
+        Corpus { index: base.join("index"), root, _tmp: tmp }
+    }
+
+    fn engine(c: &Corpus, embeddings: bool) -> Engine {
+        let cfg = RagConfig::from_value(&json!({
+            "roots": [c.root], "index_dir": c.index, "max_file_bytes": 10_000, "embeddings": embeddings,
+            "chunk_target_words": 40,
+        }))
+        .unwrap();
+        Engine::open(cfg.resolve(None).unwrap()).unwrap()
+    }
+
+    fn search(e: &Engine, text: &str, mode: Mode) -> Vec<Hit> {
+        e.query(&e.validate(text, 5, mode, None).unwrap()).unwrap()
+    }
+
+    fn paths(hits: &[Hit]) -> Vec<String> {
+        hits.iter().map(|h| h.source.path.rsplit('/').next().unwrap().to_owned()).collect()
+    }
+
+    fn never() -> bool {
+        false
+    }
+
+    #[test]
+    fn incremental_reindex_touches_only_what_changed() {
+        let c = corpus();
+        let e = engine(&c, false);
+        let r = e.reindex(false, &never).unwrap();
+        assert!(r.full && r.full_reason.as_deref() == Some("new index"));
+        assert_eq!((r.added, r.changed, r.deleted, r.unchanged), (4, 0, 0, 0));
+        assert_eq!(r.skipped, 3, "{:?}", r.skipped_by_reason);
+        assert_eq!(r.skipped_by_reason.get("binary"), Some(&2));
+        assert_eq!(r.skipped_by_reason.get("oversized"), Some(&1));
+
+        let again = e.reindex(false, &never).unwrap();
+        assert!(!again.full);
+        assert_eq!((again.added, again.changed, again.deleted, again.unchanged, again.reprocessed), (0, 0, 0, 4, 0));
+
+        // A touch without a content change is caught by the hash.
+        let beta = c.root.join("beta.txt");
+        let content = std::fs::read(&beta).unwrap();
+        std::fs::write(&beta, &content).unwrap();
+        let f = std::fs::File::options().write(true).open(&beta).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(5)).unwrap();
+        let touched = e.reindex(false, &never).unwrap();
+        assert_eq!((touched.changed, touched.unchanged, touched.reprocessed), (0, 4, 0));
+
+        // Change one, delete one, add one.
+        std::fs::write(c.root.join("alpha.md"), "# Alpha\n\nNow the alpha document covers smart pointers instead.\n")
+            .unwrap();
+        std::fs::remove_file(c.root.join("sub/code.rs")).unwrap();
+        std::fs::write(c.root.join("sub/gamma.md"), "Gamma is about fearless concurrency with threads.\n").unwrap();
+        let r = e.reindex(false, &never).unwrap();
+        assert_eq!((r.added, r.changed, r.deleted, r.unchanged, r.reprocessed), (1, 1, 1, 2, 2));
+        assert_eq!(paths(&search(&e, "smart pointers", Mode::Bm25)), vec!["alpha.md"]);
+        assert!(search(&e, "ownership borrowing", Mode::Bm25).is_empty(), "old text is gone");
+        assert!(search(&e, "add numbers", Mode::Bm25).is_empty(), "deleted file is gone");
+        assert_eq!(paths(&search(&e, "fearless concurrency", Mode::Bm25)), vec!["gamma.md"]);
+        assert_eq!(r.files, 4);
+
+        // A full reindex rebuilds everything and finds the same.
+        let full = e.reindex(true, &never).unwrap();
+        assert!(full.full && full.reprocessed == 4);
+        assert_eq!(paths(&search(&e, "smart pointers", Mode::Bm25)), vec!["alpha.md"]);
+
+        // Reopening reads the committed manifest.
+        drop(e);
+        let e = engine(&c, false);
+        let r = e.reindex(false, &never).unwrap();
+        assert_eq!((r.added, r.changed, r.deleted, r.unchanged), (0, 0, 0, 4));
+    }
+
+    #[test]
+    fn results_cite_exact_sources() {
+        let c = corpus();
+        let e = engine(&c, false);
+        e.reindex(false, &never).unwrap();
+        for q in ["alpha ownership", "lifetimes references", "closures iterators environment", "add numbers"] {
+            let hits = search(&e, q, Mode::Bm25);
+            assert!(!hits.is_empty(), "{q}");
+            for h in hits {
+                let bytes = std::fs::read(&h.source.path).unwrap();
+                assert_eq!(doc::sha256_hex(&bytes), h.source.sha256);
+                let slice = std::str::from_utf8(&bytes[h.source.start as usize..h.source.end as usize]).unwrap();
+                if h.source.path.ends_with(".html") {
+                    assert_eq!(
+                        crate::html::normalize_ws(&crate::html::extract(slice).text),
+                        crate::html::normalize_ws(&h.text)
+                    );
+                    assert!(!h.text.contains("zebra"), "scripts are dropped");
+                } else {
+                    assert_eq!(slice, h.text);
+                }
+                assert_eq!(h.source.chunk_id.len(), 16);
+            }
+        }
+        assert!(search(&e, "zebra", Mode::Bm25).is_empty());
+        // The prefix filter.
+        let sub = format!("{}/sub", c.root.display());
+        let q = e.validate("closures add", 5, Mode::Bm25, Some(&sub)).unwrap();
+        let hits = e.query(&q).unwrap();
+        assert_eq!(hits.len(), 2);
+        assert!(hits.iter().all(|h| h.source.path.starts_with(&sub)));
+        let q = e.validate("closures add", 5, Mode::Bm25, Some(&format!("{}/alpha", c.root.display()))).unwrap();
+        assert!(e.query(&q).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_queries_are_rejected_with_the_field() {
+        let c = corpus();
+        let e = engine(&c, false);
+        let field_of = |r: Result<Query>| match r {
+            Err(Error::InvalidInput { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(field_of(e.validate("  ", 5, Mode::Bm25, None)), "query");
+        assert_eq!(field_of(e.validate(&"x".repeat(MAX_QUERY_BYTES + 1), 5, Mode::Bm25, None)), "query");
+        assert_eq!(field_of(e.validate("x", 0, Mode::Bm25, None)), "top_k");
+        assert_eq!(field_of(e.validate("x", 101, Mode::Bm25, None)), "top_k");
+        let up = format!("{}/../", c.root.display());
+        assert_eq!(field_of(e.validate("x", 5, Mode::Bm25, Some(&up))), "path_prefix");
+        // Without the model, vector modes explain what to do; bm25 still works.
+        let q = e.validate("x", 5, Mode::Hybrid, None).unwrap();
+        assert!(matches!(e.query(&q), Err(Error::ModelUnavailable(_))));
+    }
+
+    #[test]
+    fn a_cancelled_reindex_commits_nothing_and_a_second_one_is_busy() {
+        let c = corpus();
+        let e = Arc::new(engine(&c, false));
+        e.reindex(false, &never).unwrap();
+        std::fs::write(c.root.join("alpha.md"), "# Alpha\n\nReplaced by something about traits.\n").unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let cancel_on_second = || calls.fetch_add(1, Ordering::SeqCst) >= 1;
+        assert!(matches!(e.reindex(false, &cancel_on_second), Err(Error::Cancelled)));
+        assert_eq!(paths(&search(&e, "ownership", Mode::Bm25)), vec!["alpha.md"], "previous index still serves");
+        assert_eq!(e.snapshot().manifest.generation, 1);
+
+        // While one reindex runs (held inside its cancel check), another is refused and queries
+        // answer from the previous commit.
+        let (entered_tx, entered_rx) = mpsc::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let e2 = Arc::clone(&e);
+        let worker = std::thread::spawn(move || {
+            let first = AtomicBool::new(true);
+            e2.reindex(false, &|| {
+                if first.swap(false, Ordering::SeqCst) {
+                    let _ = entered_tx.send(());
+                    let _ = release_rx.recv();
+                }
+                false
+            })
+        });
+        entered_rx.recv().unwrap();
+        assert!(matches!(e.reindex(false, &never), Err(Error::Busy)));
+        assert_eq!(e.status()["state"], "indexing");
+        assert_eq!(paths(&search(&e, "ownership", Mode::Bm25)), vec!["alpha.md"]);
+        release_tx.send(()).unwrap();
+        let r = worker.join().unwrap().unwrap();
+        assert_eq!(r.changed, 1);
+        assert_eq!(paths(&search(&e, "traits", Mode::Bm25)), vec!["alpha.md"]);
+        assert_eq!(e.status()["state"], "idle");
+    }
+
+    /// Vector and hybrid search with the real model (fetched by scripts/fetch-models.sh).
+    #[test]
+    fn vector_and_hybrid_search_with_the_real_model() {
+        let c = corpus();
+        std::fs::write(c.root.join("cats.md"), "Felines are small domesticated carnivores that purr and hunt mice.\n")
+            .unwrap();
+        let e = engine(&c, true);
+        assert!(matches!(e.model(), ModelState::Loaded(_)), "model missing: run scripts/fetch-models.sh minilm");
+        let r = e.reindex(false, &never).unwrap();
+        assert_eq!(r.embedded, r.chunks_added);
+        assert_eq!(e.status()["vector_coverage"], 1.0);
+        // No shared words with the text: only the vector leg can find it.
+        let hits = search(&e, "kitten pet", Mode::Vector);
+        assert_eq!(paths(&hits)[0], "cats.md", "{hits:?}");
+        assert!(search(&e, "kitten pet", Mode::Bm25).is_empty());
+        let hybrid = search(&e, "functions that capture variables from their scope", Mode::Hybrid);
+        assert_eq!(paths(&hybrid)[0], "page.html");
+        // An unchanged corpus reuses every vector; a changed file re-embeds only its chunks.
+        std::fs::write(c.root.join("beta.txt"), "Beta now explains generic type parameters.\n").unwrap();
+        let r = e.reindex(false, &never).unwrap();
+        assert_eq!((r.changed, r.embedded), (1, 1));
+        let full = e.reindex(true, &never).unwrap();
+        assert_eq!(full.embedded, 0, "a full reindex reuses cached vectors");
+        assert_eq!(full.vectors_reused, full.chunks_added);
+        assert_eq!(paths(&search(&e, "kitten pet", Mode::Vector))[0], "cats.md");
+    }
 
     #[test]
     fn rrf_rewards_agreement_and_is_deterministic() {

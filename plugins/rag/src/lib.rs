@@ -85,9 +85,8 @@ fn query_params(params: &Value) -> Result<(String, usize, Mode, Option<String>),
     };
     let mode = match field(params, "mode") {
         None => Mode::Hybrid,
-        Some(Value::String(s)) => {
-            Mode::parse(s).ok_or_else(|| Error::invalid("mode", format!("must be bm25, vector or hybrid, got {s:?}")))?
-        }
+        Some(Value::String(s)) => Mode::parse(s)
+            .ok_or_else(|| Error::invalid("mode", format!("must be bm25, vector or hybrid, got {s:?}")))?,
         Some(_) => return Err(Error::invalid("mode", "must be bm25, vector or hybrid")),
     };
     let prefix = match field(params, "path_prefix") {
@@ -131,7 +130,10 @@ impl Plugin for Rag {
         BTreeMap::from([
             ("rag.query".to_string(), MethodInfo { timeout_ms: Some(30_000), idempotent: true, stream: false }),
             // A reindex of a large corpus embeds for a long time; callers pass their own deadline.
-            ("rag.reindex".to_string(), MethodInfo { timeout_ms: Some(6 * 3_600_000), idempotent: true, stream: false }),
+            (
+                "rag.reindex".to_string(),
+                MethodInfo { timeout_ms: Some(6 * 3_600_000), idempotent: true, stream: false },
+            ),
             ("rag.status".to_string(), MethodInfo { timeout_ms: Some(5_000), idempotent: true, stream: false }),
         ])
     }
@@ -204,12 +206,14 @@ impl Plugin for Rag {
                 })
                 .await
             }
-            "rag.status" => blocking(move || {
-                let mut status = engine.status();
-                status["index_bytes"] = json!(engine.index_bytes());
-                Ok(status)
-            })
-            .await,
+            "rag.status" => {
+                blocking(move || {
+                    let mut status = engine.status();
+                    status["index_bytes"] = json!(engine.index_bytes());
+                    Ok(status)
+                })
+                .await
+            }
             other => Err(RpcError::method_not_found(other)),
         }
     }

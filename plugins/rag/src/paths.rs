@@ -75,7 +75,9 @@ pub fn walk(roots: &[PathBuf], exclude: &[String], index_dir: &Path) -> (Vec<Fou
                         continue;
                     };
                     match entry.metadata() {
-                        Ok(meta) => found.push(Found { path: path_str.to_owned(), size: meta.len(), mtime_ns: mtime_ns(&meta) }),
+                        Ok(meta) => {
+                            found.push(Found { path: path_str.to_owned(), size: meta.len(), mtime_ns: mtime_ns(&meta) })
+                        }
                         Err(_) => skips.unreadable += 1,
                     }
                 } else {
@@ -148,7 +150,10 @@ pub fn validate_prefix(prefix: &str, roots: &[PathBuf]) -> Result<String> {
     }
     let path = Path::new(prefix);
     if !path.is_absolute() {
-        return Err(Error::invalid(FIELD, format!("must be an absolute path under one of the roots ({})", list(roots))));
+        return Err(Error::invalid(
+            FIELD,
+            format!("must be an absolute path under one of the roots ({})", list(roots)),
+        ));
     }
     if path.components().any(|c| matches!(c, Component::ParentDir)) {
         return Err(Error::invalid(FIELD, "must not contain `..`"));
@@ -229,7 +234,10 @@ mod tests {
         assert_eq!(ok(&root.join("docs")).unwrap(), root.join("docs").to_str().unwrap());
         // A partial file name is a string prefix.
         assert_eq!(ok(&root.join("docs/ch0")).unwrap(), root.join("docs/ch0").to_str().unwrap());
-        assert_eq!(validate_prefix(&format!("{}/docs/", root.display()), &roots).unwrap(), format!("{}/docs/", root.display()));
+        assert_eq!(
+            validate_prefix(&format!("{}/docs/", root.display()), &roots).unwrap(),
+            format!("{}/docs/", root.display())
+        );
 
         for bad in [
             root.join("../outside"),
@@ -261,7 +269,8 @@ mod tests {
         std::os::unix::fs::symlink("/etc", root.join("etc-link")).unwrap();
         std::os::unix::fs::symlink(root.join("b.txt"), root.join("b-link.txt")).unwrap();
         let (found, skips) = walk(std::slice::from_ref(&root), &["skipme".into()], &root.join("index"));
-        let names: Vec<_> = found.iter().map(|f| f.path.strip_prefix(root.to_str().unwrap()).unwrap().to_owned()).collect();
+        let names: Vec<_> =
+            found.iter().map(|f| f.path.strip_prefix(root.to_str().unwrap()).unwrap().to_owned()).collect();
         assert_eq!(names, vec!["/a/one.md", "/b.txt"]);
         assert_eq!(skips.symlink, 2);
     }

@@ -21,7 +21,9 @@ use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, Ra
 use tantivy::schema::{
     FAST, Field, IndexRecordOption, STORED, STRING, Schema, TantivyDocument, TextFieldIndexing, TextOptions,
 };
-use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
 use tantivy::{DocAddress, Index, IndexReader, IndexWriter, ReloadPolicy, Searcher, Term};
 
 use crate::blocks::Format;
@@ -55,7 +57,9 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let text = TextOptions::default()
         .set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            TextFieldIndexing::default()
+                .set_tokenizer(ANALYZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_stored();
     let fields = Fields {
@@ -168,7 +172,14 @@ impl Store {
     }
 
     /// A document for one chunk.
-    pub fn doc(&self, path: &str, file_sha: &str, chunk: &crate::doc::Chunk, vec_row: u64, text_hash: u64) -> TantivyDocument {
+    pub fn doc(
+        &self,
+        path: &str,
+        file_sha: &str,
+        chunk: &crate::doc::Chunk,
+        vec_row: u64,
+        text_hash: u64,
+    ) -> TantivyDocument {
         let f = &self.fields;
         let mut d = TantivyDocument::default();
         d.add_text(f.chunk_id, &chunk.chunk_id);
@@ -229,12 +240,17 @@ impl Store {
             should.push((Occur::Should, Box::new(TermQuery::new(body, IndexRecordOption::WithFreqs))));
             should.push((
                 Occur::Should,
-                Box::new(BoostQuery::new(Box::new(TermQuery::new(heading, IndexRecordOption::WithFreqs)), HEADING_BOOST)),
+                Box::new(BoostQuery::new(
+                    Box::new(TermQuery::new(heading, IndexRecordOption::WithFreqs)),
+                    HEADING_BOOST,
+                )),
             ));
         }
         let terms_query: Box<dyn Query> = Box::new(BooleanQuery::new(should));
         let query: Box<dyn Query> = match prefix {
-            Some(p) => Box::new(BooleanQuery::new(vec![(Occur::Must, terms_query), (Occur::Must, self.prefix_filter(p))])),
+            Some(p) => {
+                Box::new(BooleanQuery::new(vec![(Occur::Must, terms_query), (Occur::Must, self.prefix_filter(p))]))
+            }
             None => terms_query,
         };
         Ok(searcher.search(&query, &TopDocs::with_limit(depth).order_by_score())?)

@@ -97,9 +97,7 @@ impl VectorFile {
     pub fn sync(&self) -> Result<()> {
         self.file.sync_all().map_err(|e| Error::io(format!("fsync {}", self.path.display()), e))?;
         if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(format!("fsync {}", dir.display()), e))?;
         }
         Ok(())
     }

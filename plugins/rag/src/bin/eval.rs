@@ -185,7 +185,10 @@ fn evaluate(
     let mut summary = BTreeMap::new();
     let mut per_question = Vec::new();
     w(&mut out, format!("{} questions from {}", questions.len(), args.questions.display()))?;
-    w(&mut out, format!("{:<8} {:>9} {:>8} {:>7} {:>9} {:>9}", "mode", "recall@5", "MRR@10", "hit@1", "p50 ms", "p99 ms"))?;
+    w(
+        &mut out,
+        format!("{:<8} {:>9} {:>8} {:>7} {:>9} {:>9}", "mode", "recall@5", "MRR@10", "hit@1", "p50 ms", "p99 ms"),
+    )?;
     for &mode in modes {
         let mut recall_sum = 0.0;
         let mut mrr_sum = 0.0;
@@ -196,7 +199,8 @@ fn evaluate(
             let t = Instant::now();
             let hits = engine.query(&query).map_err(|e| e.to_string())?;
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-            let docs: Vec<&str> = hits.iter().map(|h| h.source.path.strip_prefix(&prefix).unwrap_or(&h.source.path)).collect();
+            let docs: Vec<&str> =
+                hits.iter().map(|h| h.source.path.strip_prefix(&prefix).unwrap_or(&h.source.path)).collect();
             let top5: Vec<&str> = docs.iter().take(5).copied().collect();
             let found = q.expected.iter().filter(|e| top5.contains(&e.as_str())).count();
             recall_sum += found as f64 / q.expected.len() as f64;
@@ -220,7 +224,15 @@ fn evaluate(
         let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
         w(
             &mut out,
-            format!("{:<8} {:>9.3} {:>8.3} {:>7.3} {:>9.2} {:>9.2}", mode.as_str(), recall, mrr, hit1 as f64 / n, p50, p99),
+            format!(
+                "{:<8} {:>9.3} {:>8.3} {:>7.3} {:>9.2} {:>9.2}",
+                mode.as_str(),
+                recall,
+                mrr,
+                hit1 as f64 / n,
+                p50,
+                p99
+            ),
         )?;
         summary.insert(
             mode.as_str(),
