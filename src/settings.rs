@@ -226,9 +226,20 @@ fn parse_group<T: DeserializeOwned + Default>(group: Group, value: &Value) -> Re
 const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
 
 /// Checks a level or tracing filter expression.
+///
+/// Stricter than tracing's own syntax: a bare word must be a level. tracing reads `degub` as
+/// "everything from target `degub`", which would silently turn off every other log line.
 pub fn check_level(level: &str) -> Result<(), String> {
     if level.trim().is_empty() {
         return Err("must not be empty".into());
+    }
+    for part in level.split(',').map(str::trim) {
+        let is_level = part.eq_ignore_ascii_case("off") || LEVELS.iter().any(|l| l.eq_ignore_ascii_case(part));
+        if !is_level && !part.contains('=') {
+            return Err(format!(
+                "{part:?} is not a level: use trace, debug, info, warn, error or off, or target=level"
+            ));
+        }
     }
     tracing_subscriber::EnvFilter::builder()
         .parse(level)
@@ -423,6 +434,7 @@ mod tests {
         let s = DaemonSettings::default();
         let next = s.with_group(Group::Logging, &json!({"level": "debug"})).unwrap();
         assert_eq!(next.logging.level, "debug");
+        s.with_group(Group::Logging, &json!({"level": "warn,bkg::rpc=trace"})).unwrap();
         let next = s.with_group(Group::Security, &json!({})).unwrap();
         assert_eq!(next.security, Security::default());
 
@@ -431,6 +443,8 @@ mod tests {
             (Group::Logging, json!({"level": 3}), "logging.level"),
             (Group::Logging, json!({"level": "nope=="}), "logging.level"),
             (Group::Logging, json!({"level": ""}), "logging.level"),
+            (Group::Logging, json!({"level": "degub"}), "logging.level"),
+            (Group::Logging, json!({"level": "info,,bkg=debug"}), "logging.level"),
             (Group::Security, json!({"body_limit_bytes": 10}), "security.body_limit_bytes"),
             (Group::Security, json!({"body_limit_bytes": -1}), "security.body_limit_bytes"),
             (Group::Security, json!([]), "security"),

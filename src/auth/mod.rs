@@ -110,12 +110,7 @@ fn decide(answer: &Value, scope: Option<&str>) -> Result<Principal, AuthError> {
             id: p.get("id")?.as_str()?.to_owned(),
             name: p.get("name")?.as_str()?.to_owned(),
             role: p.get("role").and_then(Value::as_str).map(str::to_owned),
-            scopes: answer
-                .get("scopes")?
-                .as_array()?
-                .iter()
-                .filter_map(|s| s.as_str().map(str::to_owned))
-                .collect(),
+            scopes: answer.get("scopes")?.as_array()?.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect(),
             expires_at: answer.get("expires_at").and_then(Value::as_i64),
         })
     };
@@ -160,7 +155,10 @@ mod tests {
         assert_eq!(decide(&json!({}), None).unwrap_err(), AuthError::Unavailable);
         assert_eq!(decide(&json!({"valid": true}), None).unwrap_err(), AuthError::Unavailable);
         assert_eq!(decide(&json!({"valid": "yes"}), None).unwrap_err(), AuthError::Unavailable);
-        assert_eq!(decide(&json!({"valid": false, "reason": "revoked"}), None).unwrap_err(), AuthError::Unauthorized("revoked"));
+        assert_eq!(
+            decide(&json!({"valid": false, "reason": "revoked"}), None).unwrap_err(),
+            AuthError::Unauthorized("revoked")
+        );
         let ok = json!({"valid": true, "principal": {"kind": "api_key", "id": "k", "name": "n"}, "scopes": ["a:read"]});
         assert_eq!(decide(&ok, Some("a:read")).unwrap().actor(), "key:k");
         assert_eq!(decide(&ok, Some("a:write")).unwrap_err(), AuthError::Forbidden("a:write".into()));

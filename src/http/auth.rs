@@ -27,7 +27,8 @@ pub(super) struct LoginBody {
 }
 
 fn cookie(token: &str, max_age: i64) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}")).ok()
+    HeaderValue::from_str(&format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"))
+        .ok()
 }
 
 /// Records an audit event; a failure to record is logged, never turned into a client error.

@@ -113,7 +113,7 @@ pub(super) async fn get(
 /// write round trip posts back what it read.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ConfigBody {
+struct ConfigBody {
     /// The complete new config (a JSON object). `"***"` under a secret-looking key keeps the
     /// stored value.
     config: Value,
@@ -139,10 +139,15 @@ pub(super) async fn post(
     caller: Caller,
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Json<ConfigBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
     parse_name(&name)?;
     let Json(body) = body.map_err(super::json_rejection)?;
+    // serde would read a struct from an array too (by position); only an object is a body.
+    if !body.is_object() {
+        return Err(ApiError::bad_request("body", "must be a JSON object like {\"config\": {...}}"));
+    }
+    let body: ConfigBody = serde_json::from_value(body).map_err(|e| ApiError::bad_request("body", e.to_string()))?;
     if body.name.as_deref().is_some_and(|n| n != name) {
         return Err(ApiError::bad_request("name", format!("must be {name:?}, the plug-in in the path")));
     }

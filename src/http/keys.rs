@@ -3,8 +3,8 @@
 //! ever carries a secret except the one-time key in the create response (`no-store`).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -192,7 +192,8 @@ pub(super) async fn audit_log(
         }
     }
     let offset = q.offset.unwrap_or(0);
-    let query = AuditQuery { from: q.from, to: q.to, actor: q.actor, action: q.action, target: q.target, limit, offset };
+    let query =
+        AuditQuery { from: q.from, to: q.to, actor: q.actor, action: q.action, target: q.target, limit, offset };
     let events = state.store().audit_query(query).await?;
     let next = (events.len() as u32 == limit).then(|| offset + u64::from(limit));
     Ok(Json(json!({ "events": events, "next_offset": next })))

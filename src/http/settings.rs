@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -100,7 +100,11 @@ pub(super) async fn body_limit(State(state): State<AppState>, req: Request, next
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::PayloadTooLarge(limit).into_response();
+        // The unread body is still on the wire: close the connection so that the client does not
+        // send its next request behind it (as nginx does for 413).
+        let mut response = ApiError::PayloadTooLarge(limit).into_response();
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return response;
     }
     // This layer sits inside the router's default limit, so its value is the one extractors see.
     match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {

@@ -46,7 +46,16 @@ impl Store {
             c.execute(
                 "INSERT INTO audit (ts, actor, ip, request_id, action, target, outcome, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                rusqlite::params![now(), event.actor, event.ip, event.request_id, event.action, event.target, event.outcome, detail],
+                rusqlite::params![
+                    now(),
+                    event.actor,
+                    event.ip,
+                    event.request_id,
+                    event.action,
+                    event.target,
+                    event.outcome,
+                    detail
+                ],
             )?;
             Ok(())
         })

@@ -162,39 +162,61 @@ async fn enable_and_disable_survive_a_daemon_restart() {
 }
 
 #[tokio::test]
-async fn disable_racing_config_changes_loses_neither() {
+async fn enable_and_disable_racing_config_changes_lose_neither() {
     let tag = marker();
     let d = TestDaemon::start(vec![tagged_fake("race", &tag)]).await;
     d.wait_ready("race").await;
+    // Config answers come at once, so that many changes overlap the toggles.
+    let (status, _) = put_settings(&d, "/admin/settings/plugins", json!({"config_apply_wait_ms": 0})).await;
+    assert_eq!(status, StatusCode::OK);
 
-    let configs = (0..10).map(|i| {
+    let changes = 40;
+    let configs = (0..changes).map(|i| {
         let (http, url, token) = (d.http.clone(), d.url("/admin/plugins/race/config"), d.token.clone());
         async move {
             let body = json!({"config": {"starting_ms": i}});
             http.post(url).bearer_auth(token).json(&body).send().await.expect("POST config").status()
         }
     });
-    let toggles = (0..10).map(|i| {
-        let op = if i % 2 == 0 { "disable" } else { "enable" };
-        let (http, url, token) = (d.http.clone(), d.url(&format!("/admin/plugins/race/{op}")), d.token.clone());
-        async move { http.post(url).bearer_auth(token).send().await.expect("POST toggle").status() }
-    });
-    let (config_statuses, toggle_statuses) =
-        tokio::join!(futures_util::future::join_all(configs), futures_util::future::join_all(toggles));
+    // Toggles one after another (each answer before the next call), racing the config changes.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let toggles = async {
+        let mut statuses = Vec::new();
+        let mut disable = true;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let op = if disable { "disable" } else { "enable" };
+            statuses.push(d.post(&format!("/admin/plugins/race/{op}"), json!({})).await.0);
+            disable = !disable;
+        }
+        statuses
+    };
+    let configs = async {
+        let statuses = futures_util::future::join_all(configs).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        statuses
+    };
+    let (config_statuses, toggle_statuses) = tokio::join!(configs, toggles);
     assert!(config_statuses.iter().all(|s| *s == StatusCode::OK), "{config_statuses:?}");
     assert!(toggle_statuses.iter().all(|s| *s == StatusCode::OK), "{toggle_statuses:?}");
+    let disabled = toggle_statuses.len() % 2 == 1;
 
-    // A last disable decides the enabled flag; the newest config version must be the one in the
-    // stored spec and in the mirror.
-    let (status, _) = d.post("/admin/plugins/race/disable", json!({})).await;
-    assert_eq!(status, StatusCode::OK);
-    wait_for("disabled", WAIT, || async { (d.plugin("race").await["state"] == "disabled").then_some(()) }).await;
+    // The newest version is the config in the stored spec and in the mirror, and the last
+    // toggle decided `enabled` in both.
     let (_, current) = d.get("/admin/plugins/race/config").await;
     let (_, history) = d.get("/admin/plugins/race/config/history").await;
+    assert_eq!(current["version"], changes + 1, "every change is a version after the seeded one");
     assert_eq!(current["version"], history["versions"][0]["version"]);
-    assert_eq!(current["config"], history["versions"][0]["config"]);
-    assert_eq!(current["version"], 11, "ten changes after the seeded version 1");
+    assert_eq!(current["config"], history["versions"][0]["config"], "the stored spec lost a config change");
     let entry = mirror_entry(&d.dir, "race");
     assert_eq!(entry["config"], current["config"], "the mirror lost a config change");
-    assert_eq!(entry["enabled"], false, "the mirror lost the disable");
+    assert_eq!(entry["enabled"], !disabled, "the mirror lost the last toggle");
+    let view = settled(&d, "race").await;
+    assert_eq!(view["state"] == "disabled", disabled, "{view}");
+}
+
+/// `PUT` a settings group.
+async fn put_settings(d: &TestDaemon, path: &str, body: Value) -> (StatusCode, Value) {
+    let res = d.http.put(d.url(path)).bearer_auth(&d.token).json(&body).send().await.expect("PUT");
+    let status = res.status();
+    (status, res.json().await.unwrap_or(Value::Null))
 }

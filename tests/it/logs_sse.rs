@@ -374,7 +374,7 @@ async fn a_thousand_clients_get_every_line_in_order_next_to_one_that_stopped_rea
 
     // A client that stops reading, then two floods far larger than any buffer in between: the
     // daemon's memory must stop growing (bounded ring, bounded broadcast, no per-client queue).
-    let _stalled = stalled_client(&d).await;
+    let stalled = stalled_client(&d).await;
     wait_for("the stalled client's stream to open", WAIT, || async { (sse_clients_open(&d).await == 1).then_some(()) })
         .await;
     let flood = json!({"bytes": 24 * 1024 * 1024, "line_len": 4096});
@@ -390,14 +390,19 @@ async fn a_thousand_clients_get_every_line_in_order_next_to_one_that_stopped_rea
     // 1,000 readers, all subscribed before the plug-in logs.
     let http = stream_client();
     let connected = Arc::new(AtomicUsize::new(0));
+    // Connections are opened a few at a time: each one is authenticated by the apikeys plug-in,
+    // whose concurrency limit answers a burst of 1,000 validations with 503 (fail closed).
+    let connecting = Arc::new(tokio::sync::Semaphore::new(16));
     let mut readers = Vec::with_capacity(CLIENTS);
     for _ in 0..CLIENTS {
-        let (http, connected) = (http.clone(), Arc::clone(&connected));
+        let (http, connected, connecting) = (http.clone(), Arc::clone(&connected), Arc::clone(&connecting));
         let url = d.url("/admin/plugins/f/logs?tail=0&q=fake%20line");
         let token = d.token.clone();
         readers.push(tokio::spawn(async move {
+            let permit = connecting.acquire_owned().await.unwrap();
             let res = http.get(url).bearer_auth(token).send().await.expect("connect");
             assert_eq!(res.status(), StatusCode::OK);
+            drop(permit);
             connected.fetch_add(1, Ordering::SeqCst);
             let mut events = res.bytes_stream().eventsource();
             let mut got = Vec::with_capacity(LINES as usize);
@@ -428,4 +433,25 @@ async fn a_thousand_clients_get_every_line_in_order_next_to_one_that_stopped_rea
     assert!(elapsed < Duration::from_secs(30), "fan-out took {elapsed:?}");
     let (status, _) = d.get("/health").await;
     assert_eq!(status, StatusCode::OK);
+
+    // The stalled client really was stalled: once it reads again it is told what it lost.
+    let mut stalled = stalled;
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let found = tokio::time::timeout(WAIT, async {
+        loop {
+            let n = tokio::io::AsyncReadExt::read(&mut stalled, &mut buf).await.unwrap();
+            assert!(n > 0, "stream ended before the gap event");
+            seen.extend_from_slice(&buf[..n]);
+            if let Some(at) = seen.windows(11).position(|w| w == b"event: gap\n") {
+                return String::from_utf8_lossy(&seen[at..(at + 80).min(seen.len())]).into_owned();
+            }
+            // Keep only a tail that may hold the start of the marker.
+            let keep = seen.len().saturating_sub(16);
+            seen.drain(..keep);
+        }
+    })
+    .await
+    .expect("a gap event for the client that stopped reading");
+    eprintln!("stalled client: {found:?}; daemon RSS after floods {} MiB", rss_after_second >> 20);
 }

@@ -4,10 +4,12 @@
 #![allow(unreachable_pub)]
 
 mod config_api;
+mod auth;
 mod conformance;
 mod control;
 mod lifecycle;
 mod logs_sse;
 mod observability;
+mod rag;
 mod support;
 mod systemd;

@@ -220,7 +220,7 @@ async fn openapi_lists_every_route_and_each_documented_route_exists() {
 
     // Every guarded route and every public one is documented, with its scope.
     for (method, path) in bkg::http::guard::guarded_routes() {
-        let op = &paths[path][method.to_lowercase()];
+        let op = &doc["paths"][path][method.to_lowercase()];
         let scope = bkg::http::guard::required_scope(&method.parse().unwrap(), path).unwrap();
         assert!(op.is_object(), "{method} {path} is not documented");
         // Routes that need any valid credential but no scope carry no `x-scope`.
@@ -228,7 +228,7 @@ async fn openapi_lists_every_route_and_each_documented_route_exists() {
         assert_eq!(op["x-scope"], expected, "{method} {path}");
     }
     for (method, path) in bkg::http::openapi::PUBLIC {
-        assert_eq!(paths[*path][method.to_lowercase()]["security"], json!([]), "{method} {path}");
+        assert_eq!(doc["paths"][*path][method.to_lowercase()]["security"], json!([]), "{method} {path}");
     }
 
     // Every documented operation exists in the router: without credentials it answers 401

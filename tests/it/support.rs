@@ -109,7 +109,12 @@ impl TestDaemon {
             r
         });
         let mut cmd = daemon_command(dir, registry);
-        cmd.env("ADMIN_PASSWORD", ADMIN_PASSWORD).envs(env.iter().copied());
+        // `("ADMIN_PASSWORD", "")` in `env` means: start without one (and do not log in).
+        let password = env.iter().find(|(k, _)| *k == "ADMIN_PASSWORD").map_or(ADMIN_PASSWORD, |(_, v)| *v).to_owned();
+        cmd.env("ADMIN_PASSWORD", &password).envs(env.iter().copied().filter(|(k, _)| *k != "ADMIN_PASSWORD"));
+        if password.is_empty() {
+            cmd.env_remove("ADMIN_PASSWORD");
+        }
         let mut child = cmd.spawn().expect("spawn bkg");
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -137,8 +142,11 @@ impl TestDaemon {
             return Err(stderr.lock().unwrap().join("\n"));
         };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
-        let mut d = Self { child: Some(child), dir: dir.to_path_buf(), _tmp: None, addr, token: String::new(), http, stderr };
-        d.token = d.login("admin", ADMIN_PASSWORD).await;
+        let mut d =
+            Self { child: Some(child), dir: dir.to_path_buf(), _tmp: None, addr, token: String::new(), http, stderr };
+        if !password.is_empty() {
+            d.token = d.login("admin", &password).await;
+        }
         Ok(d)
     }
 

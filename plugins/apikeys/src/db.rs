@@ -100,9 +100,8 @@ impl Db {
 
     pub(crate) fn user_by_name(&self, name: &str) -> Result<Option<User>, DbError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, name, password_hash, role, disabled, created_at FROM users WHERE name = ?1",
-        )?;
+        let mut stmt = conn
+            .prepare_cached("SELECT id, name, password_hash, role, disabled, created_at FROM users WHERE name = ?1")?;
         Ok(stmt.query_row([name], user_row).optional()?)
     }
 
@@ -145,7 +144,8 @@ impl Db {
     ) -> Result<bool, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        let Some(id) = tx.query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?
+        let Some(id) =
+            tx.query_row("SELECT id FROM users WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?
         else {
             return Ok(false);
         };
@@ -153,10 +153,16 @@ impl Db {
             tx.execute("UPDATE users SET role = ?2, updated_at = ?3 WHERE id = ?1", params![id, role, unix_now()])?;
         }
         if let Some(hash) = hash {
-            tx.execute("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1", params![id, hash, unix_now()])?;
+            tx.execute(
+                "UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, hash, unix_now()],
+            )?;
         }
         if let Some(disabled) = disabled {
-            tx.execute("UPDATE users SET disabled = ?2, updated_at = ?3 WHERE id = ?1", params![id, disabled, unix_now()])?;
+            tx.execute(
+                "UPDATE users SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
+                params![id, disabled, unix_now()],
+            )?;
         }
         if hash.is_some() || disabled == Some(true) {
             tx.execute("DELETE FROM sessions WHERE user_id = ?1", [id])?;
@@ -166,7 +172,9 @@ impl Db {
     }
 
     pub(crate) fn count_admins(&self) -> Result<i64, DbError> {
-        Ok(self.conn().query_row("SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0", [], |r| r.get(0))?)
+        Ok(self
+            .conn()
+            .query_row("SELECT count(*) FROM users WHERE role = 'admin' AND disabled = 0", [], |r| r.get(0))?)
     }
 
     // ---- api keys ----
@@ -207,7 +215,10 @@ impl Db {
     /// Marks a key revoked (idempotent); `None` when there is no such key.
     pub(crate) fn revoke_key(&self, id: &str) -> Result<Option<i64>, DbError> {
         let conn = self.conn();
-        conn.execute("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, unix_now()])?;
+        conn.execute(
+            "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            params![id, unix_now()],
+        )?;
         Ok(conn.query_row("SELECT revoked_at FROM api_keys WHERE id = ?1", [id], |r| r.get(0)).optional()?.flatten())
     }
 

@@ -121,7 +121,9 @@ pub fn hashed_part(token: &str) -> &str {
 /// A display hint that reveals no secret: `bkg_<id>_<first 4>…`.
 pub fn hint(token: &str) -> String {
     match parse(token) {
-        Ok(p) => format!("{}{}_{}…", if p.kind == Kind::Session { SESSION_PREFIX } else { KEY_PREFIX }, p.id, &p.secret[..4]),
+        Ok(p) => {
+            format!("{}{}_{}…", if p.kind == Kind::Session { SESSION_PREFIX } else { KEY_PREFIX }, p.id, &p.secret[..4])
+        }
         Err(_) => "…".into(),
     }
 }

@@ -17,9 +17,17 @@ fn main() -> Result<(), String> {
     let prompt = args.next().ok_or("missing the prompt")?;
     let max_tokens = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
     let chunk = std::env::var("PREFILL_CHUNK").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
-    let model = EmbeddedModel::load(&path, None, chunk)?;
+    let convert = match std::env::var("CONVERT").as_deref() {
+        Ok("q8_0") => Some(candle_core::quantized::GgmlDType::Q8_0),
+        Ok("f16") => Some(candle_core::quantized::GgmlDType::F16),
+        Ok("f32") => Some(candle_core::quantized::GgmlDType::F32),
+        Ok("q4_0") => Some(candle_core::quantized::GgmlDType::Q4_0),
+        Ok("q4k") => Some(candle_core::quantized::GgmlDType::Q4K),
+        _ => None,
+    };
+    let model = EmbeddedModel::load(&path, None, chunk, convert)?;
     eprintln!("loaded {} in {} ms (avx: {})", model.id, model.info.load_ms, model.info.avx);
-    let tokens = model.prompt_tokens(&Input::Prompt { text: prompt, raw: false }, None).map_err(|e| e.to_string())?;
+    let tokens = model.prompt_tokens(&Input::Prompt { text: prompt, raw: std::env::var("RAW").is_ok() }, None).map_err(|e| e.to_string())?;
     eprintln!("prompt: {} tokens {:?}", tokens.len(), tokens);
     let job = Job { prompt: tokens, max_tokens, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] };
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{MAX_SEQ_LEN, ModelWeights};
@@ -102,7 +102,12 @@ fn candle(e: candle_core::Error) -> LlmError {
 
 impl EmbeddedModel {
     /// Loads a GGUF file: header and tokenizer first (cheap, with precise errors), then weights.
-    pub fn load(path: &Path, id_override: Option<&str>, prefill_chunk: usize) -> Result<Self, String> {
+    pub fn load(
+        path: &Path,
+        id_override: Option<&str>,
+        prefill_chunk: usize,
+        convert: Option<GgmlDType>,
+    ) -> Result<Self, String> {
         let started = Instant::now();
         let shown = path.display();
         let mut file = File::open(path).map_err(|e| format!("cannot open the model file {shown}: {e}"))?;
@@ -130,8 +135,16 @@ impl EmbeddedModel {
         let vocab_size = tok.tokenizer.get_vocab_size(true);
         let license = text("general.license");
         let device = Device::Cpu;
-        let weights = ModelWeights::from_gguf(content, &mut file, &device)
-            .map_err(|e| format!("cannot load the weights of {shown} ({e}); the file may be truncated or corrupt"))?;
+        let corrupt = |e: candle_core::Error| {
+            format!("cannot load the weights of {shown} ({e}); the file may be truncated or corrupt")
+        };
+        let weights = match convert {
+            None => ModelWeights::from_gguf(content, &mut file, &device).map_err(corrupt)?,
+            Some(to) => {
+                let (content, mut converted) = convert_q4_1(content, &mut file, to, &device).map_err(corrupt)?;
+                ModelWeights::from_gguf(content, &mut converted, &device).map_err(corrupt)?
+            }
+        };
         let info = ModelInfo {
             path: shown.to_string(),
             name,
@@ -280,6 +293,41 @@ impl EmbeddedModel {
         outcome.decode_ms = decode_started.elapsed().as_millis() as u64;
         Ok(outcome)
     }
+}
+
+/// Rewrites the model in memory with every Q4_1 tensor converted to `to`, as a GGUF that
+/// `ModelWeights::from_gguf` reads like the original.
+///
+/// candle 0.11.1's Q4_1 matmul gives wrong results here (greedy SmolLM2 answers "L'Étoile, la
+/// Marseillaise…" to "What is the capital of France?", and the same prompt is right with the
+/// weights dequantized), and it has no SIMD kernel anyway; Q8_0 has one and keeps Q4_1's values
+/// almost exactly (8 bits per weight instead of 4).
+fn convert_q4_1(
+    content: gguf_file::Content,
+    file: &mut File,
+    to: GgmlDType,
+    device: &Device,
+) -> candle_core::Result<(gguf_file::Content, std::io::Cursor<Vec<u8>>)> {
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let tensor = content.tensor(file, name, device)?;
+        let all = std::env::var("CONVERT_ALL").is_ok();
+        let tensor = if tensor.dtype() == GgmlDType::Q4_1 || (all && tensor.dtype() != GgmlDType::F32 && tensor.shape().dims().len() == 2) {
+            QTensor::quantize(&tensor.dequantize(device)?, to)?
+        } else {
+            tensor
+        };
+        tensors.push((name.as_str(), tensor));
+    }
+    let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (*n, t)).collect();
+    let mut buffer = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut buffer, &metadata, &refs)?;
+    buffer.set_position(0);
+    let converted = gguf_file::Content::read(&mut buffer)?;
+    Ok((converted, buffer))
 }
 
 /// A stable id from the GGUF's `general.name` ("SmolLM2 135M Instruct" → "smollm2-135m-instruct"),

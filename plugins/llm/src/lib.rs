@@ -143,7 +143,7 @@ impl LlmPlugin {
                 };
                 let loaded = path.and_then(|path| {
                     progress(&format!("loading {}", path.display()));
-                    EmbeddedModel::load(&path, config.model_id.as_deref(), config.prefill_chunk)
+                    EmbeddedModel::load(&path, config.model_id.as_deref(), config.prefill_chunk, Some(candle_core::quantized::GgmlDType::Q8_0))
                 });
                 match loaded {
                     Ok(model) => {

@@ -126,9 +126,8 @@ fn check_role(role: &str) -> Result<(), RpcError> {
 }
 
 fn check_user_name(name: &str) -> Result<(), RpcError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
+    let ok =
+        !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b));
     if ok { Ok(()) } else { Err(err_400("user: use 1 to 64 of [A-Za-z0-9._-@]")) }
 }
 
@@ -231,7 +230,8 @@ impl ApiKeys {
                     // Best effort and off the request's path: a failed touch changes no decision.
                     tokio::task::spawn_blocking(move || db2.touch_key(&id));
                 }
-                let principal = json!({"kind": "api_key", "id": key.id, "name": key.name, "created_by": key.created_by});
+                let principal =
+                    json!({"kind": "api_key", "id": key.id, "name": key.name, "created_by": key.created_by});
                 (principal, key.scopes, key.expires_at)
             }
             Kind::Session => {
@@ -251,7 +251,9 @@ impl ApiKeys {
                 }
                 let user_id = session.user_id;
                 let db2 = Arc::clone(&db);
-                let Some(user) = blocking(move || Ok(db2.user_by_id(user_id)?)).await? else { return denied("unknown") };
+                let Some(user) = blocking(move || Ok(db2.user_by_id(user_id)?)).await? else {
+                    return denied("unknown");
+                };
                 if user.disabled {
                     return denied("disabled");
                 }
@@ -261,8 +263,7 @@ impl ApiKeys {
                     tokio::task::spawn_blocking(move || db2.touch_session(&sid));
                 }
                 let granted = scopes::for_role(&user.role).unwrap_or_default();
-                let principal =
-                    json!({"kind": "session", "id": session.sid, "name": user.name, "role": user.role});
+                let principal = json!({"kind": "session", "id": session.sid, "name": user.name, "role": user.role});
                 (principal, granted, Some(session.expires_at))
             }
         };
@@ -359,7 +360,12 @@ impl ApiKeys {
             return Err(err_400(format!("scopes: unknown scope {unknown:?}")));
         }
         if let Some(missing) = requested.iter().find(|s| !p.creator_scopes.contains(s)) {
-            return Err(domain(1003, "auth.escalation", format!("cannot grant {missing:?}: the creator does not hold it"), 403));
+            return Err(domain(
+                1003,
+                "auth.escalation",
+                format!("cannot grant {missing:?}: the creator does not hold it"),
+                403,
+            ));
         }
         if p.expires_at.is_some_and(|e| e <= unix_now()) {
             return Err(err_400("expires_at: must be in the future"));
@@ -459,8 +465,8 @@ impl ApiKeys {
                         return Err(domain(1004, "auth.conflict", "this is the last enabled admin", 409));
                     }
                 }
-                let found = blocking(move || Ok(db2.update_user(&target, role.as_deref(), hash.as_deref(), disabled)?))
-                    .await?;
+                let found =
+                    blocking(move || Ok(db2.update_user(&target, role.as_deref(), hash.as_deref(), disabled)?)).await?;
                 if !found {
                     return Err(domain(1005, "auth.not_found", format!("no user named {name:?}"), 404));
                 }
@@ -543,7 +549,8 @@ impl Plugin for ApiKeys {
     }
 
     async fn initialize(&self, params: &InitializeParams) -> Result<(), RpcError> {
-        let config: Config = serde_json::from_value(params.config.clone()).map_err(|e| err_400(format!("config: {e}")))?;
+        let config: Config =
+            serde_json::from_value(params.config.clone()).map_err(|e| err_400(format!("config: {e}")))?;
         if !(4..=31).contains(&config.bcrypt_cost) {
             return Err(err_400("config.bcrypt_cost: must be between 4 and 31"));
         }
