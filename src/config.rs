@@ -410,6 +410,7 @@ mod tests {
             "$.plugins[0].name: invalid name \"../x\"",
             "$.plugins[1].colour: unknown field",
             "$.plugins[2].builtin: unknown built-in \"nope\"",
+            "$.plugins[3].name: duplicate name \"b\"",
             "$.plugins[4].name: duplicate name \"b\"",
             "$.plugins[5].command: must be an absolute path",
             "$.plugins[6]: one of \"builtin\" or \"command\" is required",

@@ -52,6 +52,10 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("POST", "/rag/query", "rag:query"),
     ("POST", "/rag/reindex", "rag:write"),
     ("GET", "/rag/status", "rag:query"),
+    ("POST", "/llm/infer", "llm:use"),
+    ("GET", "/llm/stream", "llm:use"),
+    ("POST", "/v1/chat/completions", "llm:use"),
+    ("GET", "/v1/models", "llm:use"),
 ];
 
 /// The scope a route needs, if the route is in the table.

@@ -134,6 +134,8 @@ impl Cursor {
 struct Options {
     tail: usize,
     after: Option<Cursor>,
+    /// Where `after` came from (`Last-Event-ID` or `after`), to name it in errors.
+    after_field: &'static str,
     filter: Filter,
     json: bool,
 }
@@ -171,18 +173,18 @@ impl Options {
             }
             None => None,
         };
-        let after = match header_id {
-            Some(c) => Some(c),
+        let (after, after_field) = match header_id {
+            Some(c) => (Some(c), "Last-Event-ID"),
             None => match query.after.as_deref() {
-                Some(a) => Cursor::parse("after", a)?,
-                None => None,
+                Some(a) => (Cursor::parse("after", a)?, "after"),
+                None => (None, "after"),
             },
         };
         let json = headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("application/json") && !a.contains("text/event-stream"));
-        Ok(Options { tail, after, filter: Filter { min_level, contains }, json })
+        Ok(Options { tail, after, after_field, filter: Filter { min_level, contains }, json })
     }
 }
 
@@ -583,7 +585,7 @@ pub(super) async fn all(
         Some(Cursor::Map(m)) => Some(m),
         Some(Cursor::Seq(_)) => {
             return Err(ApiError::bad_request(
-                "Last-Event-ID",
+                opts.after_field,
                 "the merged stream resumes from plugin:seq pairs (the id it sent), not a bare number",
             ));
         }
@@ -603,7 +605,7 @@ mod tests {
     use crate::logs::LogSink;
 
     fn opts(tail: usize, after: Option<Cursor>, filter: Filter) -> Options {
-        Options { tail, after, filter, json: false }
+        Options { tail, after, after_field: "after", filter, json: false }
     }
 
     fn log_n(sink: &mut LogSink, from: usize, n: usize) {

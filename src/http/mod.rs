@@ -4,13 +4,15 @@
 //! are thin (parse, call, map). Every guarded handler takes a `guard::Caller`.
 
 mod auth;
+mod config;
 pub mod error;
 pub mod guard;
-mod config;
 mod keys;
+mod llm;
 mod health;
 mod logs;
 mod metrics;
+mod openai;
 pub mod openapi;
 mod plugins;
 mod rag;
@@ -60,11 +62,16 @@ pub fn router(state: AppState) -> Router {
         .route("/rag/query", post(rag::query))
         .route("/rag/reindex", post(rag::reindex))
         .route("/rag/status", get(rag::status))
+        // Streams (SSE, WebSocket): no timeout layer may wrap these; `llm` bounds them itself.
+        .route("/llm/infer", post(llm::infer))
+        .route("/llm/stream", get(llm::ws))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(openai::models))
         // Inside the default limit below, so `security.body_limit_bytes` is the one that counts.
         .layer(axum::middleware::from_fn_with_state(state.clone(), settings::body_limit))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Outermost, so every answer is counted (by route template, see `metrics::track`);
-        // routes added below this line would not be.
+        // Outside every route and the body limits, so every answer is counted (by route
+        // template, see `metrics::track`); routes added below this line would not be.
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)

@@ -95,10 +95,16 @@ pub(super) async fn control(
     let op = ControlOp::parse(&op).ok_or_else(|| {
         ApiError::NotFound(format!("unknown action {op:?}; use start, stop, restart, reload, enable or disable"))
     })?;
-    let view = state.supervisor().control(&name, op).await?;
-    if matches!(op, ControlOp::Enable | ControlOp::Disable) {
+    let view = if matches!(op, ControlOp::Enable | ControlOp::Disable) {
+        // One lock from the supervisor's decision to the stored flag, so concurrent toggles are
+        // saved in the order the supervisor applied them.
+        let _order = state.config_lock().lock().await;
+        let view = state.supervisor().control(&name, op).await?;
         state.persist_enabled(&view.spec, op == ControlOp::Enable).await?;
-    }
+        view
+    } else {
+        state.supervisor().control(&name, op).await?
+    };
     tracing::info!(actor = %caller.actor, plugin = %name, action = ?op, state = view.state.as_str(), "plug-in control");
     let action = format!("plugin.{}", serde_json::to_value(op).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
     let detail = json!({"state": view.state});

@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -99,16 +99,20 @@ pub(super) async fn body_limit(State(state): State<AppState>, req: Request, next
     let limit = state.settings().body_limit();
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        // The unread body is still on the wire: close the connection so that the client does not
-        // send its next request behind it (as nginx does for 413).
-        let mut response = ApiError::PayloadTooLarge(limit).into_response();
+    let mut response = if declared.is_some_and(|n| n > limit as u64) {
+        ApiError::PayloadTooLarge(limit).into_response()
+    } else {
+        // This layer sits inside the router's default limit, so its value is the one extractors
+        // see.
+        match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    };
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body is still on the wire: close the connection so that the client
+        // does not send its next request behind it (as nginx does for 413).
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return response;
     }
-    // This layer sits inside the router's default limit, so its value is the one extractors see.
-    match DefaultBodyLimit::max(limit).layer(next).oneshot(req).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
+    response
 }

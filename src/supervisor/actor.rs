@@ -73,7 +73,7 @@ impl SupervisorActor {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (timers_tx, timers_rx) = mpsc::unbounded_channel();
         let entries = registry.plugins.into_iter().map(new_entry).collect();
-        Self {
+        let actor = Self {
             entries,
             config,
             logs,
@@ -84,7 +84,11 @@ impl SupervisorActor {
             timers_rx,
             shutdown: None,
             forced: false,
-        }
+        };
+        // Publish the registry before the actor task first runs, so that a request arriving
+        // right after start sees every plug-in (as `stopped`) instead of a 404.
+        actor.publish();
+        actor
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {

@@ -209,6 +209,12 @@ impl Slot {
                     self.reason = None;
                     self.spawn(now)
                 }
+                // A disable is still stopping the process: the enable wins and starts it again.
+                Stopping if self.disable_after_stop => {
+                    self.disable_after_stop = false;
+                    self.start_after_stop = true;
+                    vec![]
+                }
                 _ => vec![],
             },
             Event::Disable => {
@@ -516,6 +522,18 @@ mod tests {
         assert_eq!(s.state, State::Disabled);
         assert_eq!(s.on_event(Event::Start, t, 0.0), Err(Refused::Disabled));
         assert_eq!(s.on_event(Event::Enable, t, 0.0).unwrap(), vec![Action::Spawn { generation: 2 }]);
+    }
+
+    #[test]
+    fn enable_while_a_disable_is_stopping_wins() {
+        let t = Instant::now();
+        let mut s = slot();
+        s.on_event(Event::Start, t, 0.0).unwrap();
+        s.on_event(Event::Disable, t, 0.0).unwrap();
+        assert_eq!(s.on_event(Event::Enable, t, 0.0).unwrap(), vec![]);
+        let a = s.on_event(exit_event(&s, crash(0)), t, 0.0).unwrap();
+        assert_eq!(a, vec![Action::Spawn { generation: 2 }]);
+        assert_eq!(s.state, State::Starting);
     }
 
     #[test]

@@ -181,6 +181,20 @@ async fn config_update_is_versioned_mirrored_applied_and_redacted() {
         stored,
         json!({"api_key": "k-123", "upstream": {"url": "http://127.0.0.1:1", "Password": "p-456"}, "max_tokens": 6})
     );
+    // Each change is audited (who, what, which version), without the config and its secrets.
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = rusqlite::Connection::open_with_flags(d.dir.join("bkg.db"), flags).expect("open");
+    let mut stmt = conn
+        .prepare("SELECT target, detail FROM audit WHERE action = 'config.update' ORDER BY id")
+        .expect("audit query");
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("audit rows")
+        .collect::<Result<_, _>>()
+        .expect("audit rows");
+    assert_eq!(rows, vec![("echo".into(), r#"{"version":2}"#.into()), ("vault".into(), r#"{"version":2}"#.into())]);
+    drop(stmt);
+    drop(conn);
     let (_, history) = d.get("/admin/plugins/vault/config/history").await;
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(2));
     assert!(!history.to_string().contains("k-123") && !history.to_string().contains("p-456"), "{history}");
@@ -566,6 +580,24 @@ async fn settings_apply_at_runtime_persist_and_yield_to_flags_and_env() {
     let (status, body) = d.post("/admin/plugins/echo/config", json!({"config": {"prefix": "x".repeat(4096)}})).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
+    // The same without a Content-Length (chunked): cut off at the limit while reading.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        vec![Ok(b"{\"config\": {\"prefix\": \"".to_vec()), Ok(vec![b'y'; 4096]), Ok(b"\"}}".to_vec())];
+    let res = d
+        .http
+        .post(d.url("/admin/plugins/echo/config"))
+        .bearer_auth(&d.token)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("chunked POST");
+    assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = res.json().await.expect("JSON error");
+    assert_eq!(body["error"]["code"], "payload_too_large", "{body}");
+    // Under the limit still works, on whatever connection the client picks next.
+    let (status, body) = d.post("/admin/plugins/echo/config", json!({"config": {"prefix": "small"}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 
     // retention.config_versions_kept: trims the history now and after every update.
     for i in 0..4 {
@@ -578,11 +610,11 @@ async fn settings_apply_at_runtime_persist_and_yield_to_flags_and_env() {
         h["versions"].as_array().expect("versions").iter().map(|v| v["version"].as_i64().unwrap()).collect()
     };
     let (_, history) = d.get("/admin/plugins/echo/config/history").await;
-    assert_eq!(versions(&history), vec![5, 4]);
+    assert_eq!(versions(&history), vec![6, 5]);
     let (status, _) = d.post("/admin/plugins/echo/config", json!({"config": {"prefix": "z"}})).await;
     assert_eq!(status, StatusCode::OK);
     let (_, history) = d.get("/admin/plugins/echo/config/history").await;
-    assert_eq!(versions(&history), vec![6, 5]);
+    assert_eq!(versions(&history), vec![7, 6]);
 
     // plugins.config_apply_wait_ms = 0: the answer comes before the restart finished.
     let (status, _) = put(&d, "/admin/settings/plugins", json!({"config_apply_wait_ms": 0})).await;

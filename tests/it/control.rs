@@ -127,6 +127,25 @@ async fn start_and_stop_are_idempotent_and_impossible_calls_are_refused() {
     d.wait_ready("calm").await;
 }
 
+/// The last command wins even while the previous one is still in progress: an `enable` sent
+/// while a `disable` is stopping the process ends enabled and running, like the database says.
+#[tokio::test]
+async fn enable_while_a_disable_is_still_stopping_wins() {
+    let tag = marker();
+    // `ignore_shutdown` makes every stop take the whole shutdown budget (1 s here).
+    let spec = fake_spec("slow", json!({"ignore_shutdown": true}), json!({ "BKG_TEST_MARKER": tag }));
+    let d = TestDaemon::start(vec![spec]).await;
+    d.wait_ready("slow").await;
+
+    let (status, body) = d.post("/admin/plugins/slow/disable", json!({})).await;
+    assert_eq!((status, body["state"].clone()), (StatusCode::OK, json!("stopping")), "{body}");
+    let (status, body) = d.post("/admin/plugins/slow/enable", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(mirror_entry(&d.dir, "slow")["enabled"], true);
+    let view = d.wait_plugin("slow", "settled", |v| matches!(v["state"].as_str(), Some("ready" | "disabled"))).await;
+    assert_eq!(view["state"], "ready", "the enable was lost: {view}");
+}
+
 fn mirror_entry(dir: &Path, name: &str) -> Value {
     let doc: Value =
         serde_json::from_slice(&std::fs::read(dir.join("plugins.json")).expect("mirror")).expect("mirror JSON");
@@ -187,6 +206,10 @@ async fn enable_and_disable_racing_config_changes_lose_neither() {
             let op = if disable { "disable" } else { "enable" };
             statuses.push(d.post(&format!("/admin/plugins/race/{op}"), json!({})).await.0);
             disable = !disable;
+            // At every instant the stored spec holds the newest version's config: the two are
+            // written in one transaction, and a toggle must not write an older copy of the spec.
+            let (in_spec, newest) = stored_config(&d.dir, "race");
+            assert_eq!(in_spec, newest, "after a toggle the stored spec holds an older config");
         }
         statuses
     };
@@ -212,6 +235,24 @@ async fn enable_and_disable_racing_config_changes_lose_neither() {
     assert_eq!(entry["enabled"], !disabled, "the mirror lost the last toggle");
     let view = settled(&d, "race").await;
     assert_eq!(view["state"] == "disabled", disabled, "{view}");
+}
+
+/// (config in the stored spec, config of the newest version), read in one transaction.
+fn stored_config(dir: &Path, name: &str) -> (Value, Value) {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let mut conn = rusqlite::Connection::open_with_flags(dir.join("bkg.db"), flags).expect("open bkg.db");
+    conn.busy_timeout(std::time::Duration::from_secs(5)).expect("busy_timeout");
+    let tx = conn.transaction().expect("read transaction");
+    let spec: String = tx.query_row("SELECT spec FROM plugins WHERE name = ?1", [name], |r| r.get(0)).expect("spec");
+    let newest: String = tx
+        .query_row(
+            "SELECT config FROM plugin_config_versions WHERE plugin = ?1 ORDER BY version DESC LIMIT 1",
+            [name],
+            |r| r.get(0),
+        )
+        .expect("newest version");
+    let spec: Value = serde_json::from_str(&spec).expect("spec JSON");
+    (spec["config"].clone(), serde_json::from_str(&newest).expect("config JSON"))
 }
 
 /// `PUT` a settings group.

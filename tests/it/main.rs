@@ -8,6 +8,7 @@ mod auth;
 mod conformance;
 mod control;
 mod lifecycle;
+mod llm;
 mod logs_sse;
 mod observability;
 mod rag;

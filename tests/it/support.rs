@@ -152,6 +152,14 @@ impl TestDaemon {
 
     /// Logs in (waiting for the apikeys plug-in to be up) and returns the session token.
     pub async fn login(&self, user: &str, password: &str) -> String {
+        // Wait on the public health page, not by retrying logins: attempts count against the
+        // login throttle.
+        wait_for("apikeys ready", WAIT, || async {
+            let res = self.http.get(self.url("/health")).send().await.ok()?;
+            let health: Value = res.json().await.ok()?;
+            (health["plugins"]["apikeys"] == "ready").then_some(())
+        })
+        .await;
         wait_for(&format!("login as {user}"), WAIT, || async {
             let res = self
                 .http

@@ -1,6 +1,9 @@
 //! Runs one generation with the embedded backend, outside the daemon, and prints the prompt's
 //! token ids, the text as it streams, and the timings:
 //!
+//! `PREFILL_CHUNK` (default 16), `WEIGHTS` (`f32`, `f16`, `quantized`) and `RAW` (no chat
+//! template) change the settings.
+//!
 //! ```sh
 //! cargo run --release -p bkg-plugin-llm --example generate -- MODEL.gguf "What is the capital of France?" [max_tokens]
 //! ```
@@ -8,7 +11,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use bkg_plugin_llm::embedded::{EmbeddedModel, Job};
+use bkg_plugin_llm::embedded::{EmbeddedModel, Job, Weights};
 use bkg_plugin_llm::params::Input;
 
 fn main() -> Result<(), String> {
@@ -17,17 +20,16 @@ fn main() -> Result<(), String> {
     let prompt = args.next().ok_or("missing the prompt")?;
     let max_tokens = args.next().and_then(|s| s.parse().ok()).unwrap_or(64);
     let chunk = std::env::var("PREFILL_CHUNK").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
-    let convert = match std::env::var("CONVERT").as_deref() {
-        Ok("q8_0") => Some(candle_core::quantized::GgmlDType::Q8_0),
-        Ok("f16") => Some(candle_core::quantized::GgmlDType::F16),
-        Ok("f32") => Some(candle_core::quantized::GgmlDType::F32),
-        Ok("q4_0") => Some(candle_core::quantized::GgmlDType::Q4_0),
-        Ok("q4k") => Some(candle_core::quantized::GgmlDType::Q4K),
-        _ => None,
+    let weights = match std::env::var("WEIGHTS").as_deref() {
+        Ok("f16") => Weights::F16,
+        Ok("quantized") => Weights::Quantized,
+        _ => Weights::F32,
     };
-    let model = EmbeddedModel::load(&path, None, chunk, convert)?;
+    let model = EmbeddedModel::load(&path, None, chunk, weights)?;
     eprintln!("loaded {} in {} ms (avx: {})", model.id, model.info.load_ms, model.info.avx);
-    let tokens = model.prompt_tokens(&Input::Prompt { text: prompt, raw: std::env::var("RAW").is_ok() }, None).map_err(|e| e.to_string())?;
+    let tokens = model
+        .prompt_tokens(&Input::Prompt { text: prompt, raw: std::env::var("RAW").is_ok() }, None)
+        .map_err(|e| e.to_string())?;
     eprintln!("prompt: {} tokens {:?}", tokens.len(), tokens);
     let job = Job { prompt: tokens, max_tokens, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] };
     let cancel = tokio_util::sync::CancellationToken::new();

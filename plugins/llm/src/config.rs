@@ -54,6 +54,8 @@ pub struct LlmConfig {
     pub default_top_p: f64,
     /// Tokens per forward pass during prefill; cancellation is checked between passes.
     pub prefill_chunk: usize,
+    /// How the weights are held: `f32` (default), `f16`, or `quantized` (as in the file).
+    pub weights: crate::embedded::Weights,
     /// Settings of the `openai` backend.
     pub openai: Option<Value>,
 }
@@ -76,6 +78,7 @@ impl Default for LlmConfig {
             default_temperature: 0.2,
             default_top_p: 0.9,
             prefill_chunk: 16,
+            weights: crate::embedded::Weights::F32,
             openai: None,
         }
     }

@@ -48,8 +48,9 @@ pub struct ModelInfo {
     pub license: Option<String>,
     pub chat_template: &'static str,
     pub load_ms: u64,
-    /// Whether candle's quantized kernels were compiled with AVX (a `target-cpu` build).
+    /// Whether candle found AVX2 on this CPU (it picks its kernels at run time).
     pub avx: bool,
+    pub weights: Weights,
 }
 
 /// One generation's settings.
@@ -97,7 +98,13 @@ pub struct Outcome {
 }
 
 fn candle(e: candle_core::Error) -> LlmError {
-    LlmError::Generation(e.to_string())
+    LlmError::Generation(short(&e))
+}
+
+/// A candle error's message without the backtrace candle appends when `RUST_BACKTRACE` is set.
+fn short(e: &candle_core::Error) -> String {
+    let text = e.to_string();
+    text.split("\n   0: ").next().unwrap_or_default().trim_end().to_owned()
 }
 
 impl EmbeddedModel {
@@ -106,13 +113,13 @@ impl EmbeddedModel {
         path: &Path,
         id_override: Option<&str>,
         prefill_chunk: usize,
-        convert: Option<GgmlDType>,
+        weights: Weights,
     ) -> Result<Self, String> {
         let started = Instant::now();
         let shown = path.display();
         let mut file = File::open(path).map_err(|e| format!("cannot open the model file {shown}: {e}"))?;
         let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| format!("{shown} is not a valid GGUF file ({e}); it may be truncated or corrupt"))?;
+            .map_err(|e| format!("{shown} is not a valid GGUF file ({}); it may be truncated or corrupt", short(&e)))?;
         let md = &content.metadata;
         let text = |key: &str| md.get(key).and_then(|v| v.to_string().ok()).cloned();
         let architecture = text("general.architecture").unwrap_or_default();
@@ -136,12 +143,17 @@ impl EmbeddedModel {
         let license = text("general.license");
         let device = Device::Cpu;
         let corrupt = |e: candle_core::Error| {
-            format!("cannot load the weights of {shown} ({e}); the file may be truncated or corrupt")
+            format!("cannot load the weights of {shown} ({}); the file may be truncated or corrupt", short(&e))
         };
-        let weights = match convert {
+        let target = match weights {
+            Weights::Quantized => None,
+            Weights::F32 => Some(GgmlDType::F32),
+            Weights::F16 => Some(GgmlDType::F16),
+        };
+        let model_weights = match target {
             None => ModelWeights::from_gguf(content, &mut file, &device).map_err(corrupt)?,
             Some(to) => {
-                let (content, mut converted) = convert_q4_1(content, &mut file, to, &device).map_err(corrupt)?;
+                let (content, mut converted) = dequantize_all(content, &mut file, to, &device).map_err(corrupt)?;
                 ModelWeights::from_gguf(content, &mut converted, &device).map_err(corrupt)?
             }
         };
@@ -158,9 +170,10 @@ impl EmbeddedModel {
             },
             load_ms: started.elapsed().as_millis() as u64,
             avx: candle_core::utils::with_avx(),
+            weights,
         };
         Ok(Self {
-            weights,
+            weights: model_weights,
             tokenizer: tok.tokenizer,
             eos: tok.eos,
             template,
@@ -295,14 +308,28 @@ impl EmbeddedModel {
     }
 }
 
-/// Rewrites the model in memory with every Q4_1 tensor converted to `to`, as a GGUF that
+/// How the weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    /// Every matrix dequantized to f32 once, at load (the default).
+    #[default]
+    F32,
+    /// Every matrix dequantized to f16 (half the memory of f32).
+    F16,
+    /// As stored in the file, multiplied by candle's quantized kernels.
+    Quantized,
+}
+
+/// Rewrites the model in memory with every quantized matrix dequantized to `to`, as a GGUF that
 /// `ModelWeights::from_gguf` reads like the original.
 ///
-/// candle 0.11.1's Q4_1 matmul gives wrong results here (greedy SmolLM2 answers "L'Étoile, la
-/// Marseillaise…" to "What is the capital of France?", and the same prompt is right with the
-/// weights dequantized), and it has no SIMD kernel anyway; Q8_0 has one and keeps Q4_1's values
-/// almost exactly (8 bits per weight instead of 4).
-fn convert_q4_1(
+/// Why: candle 0.11.1's quantized matmuls give wrong results on this machine (AVX-512 VNNI):
+/// greedy SmolLM2 Q4_1 answers "L'Étoile, la Marseillaise, la femme…" to "What is the capital
+/// of France?", with either the Q4_1 layers or the Q8_0 output projection left quantized, while
+/// the same weights dequantized answer "The capital of France is Paris.". Dequantized weights
+/// take more memory (about 4 bytes per weight in f32) but use candle's well-tested f32 GEMM.
+fn dequantize_all(
     content: gguf_file::Content,
     file: &mut File,
     to: GgmlDType,
@@ -313,8 +340,8 @@ fn convert_q4_1(
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
         let tensor = content.tensor(file, name, device)?;
-        let all = std::env::var("CONVERT_ALL").is_ok();
-        let tensor = if tensor.dtype() == GgmlDType::Q4_1 || (all && tensor.dtype() != GgmlDType::F32 && tensor.shape().dims().len() == 2) {
+        let quantized = !matches!(tensor.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        let tensor = if quantized || tensor.dtype() != to && tensor.shape().dims().len() == 2 {
             QTensor::quantize(&tensor.dequantize(device)?, to)?
         } else {
             tensor
@@ -330,14 +357,15 @@ fn convert_q4_1(
     Ok((converted, buffer))
 }
 
-/// A stable id from the GGUF's `general.name` ("SmolLM2 135M Instruct" → "smollm2-135m-instruct"),
-/// else the file name without extension.
+/// A stable id from the file name without its quantization suffix
+/// ("SmolLM2-135M-Instruct.Q4_1.gguf" → "smollm2-135m-instruct"), else the GGUF's `general.name`.
 fn model_id(name: Option<&str>, path: &Path) -> String {
-    let base = name
-        .filter(|n| !n.trim().is_empty())
-        .map(str::to_owned)
-        .or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| "model".into());
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = match stem.rsplit_once('.') {
+        Some((base, quant)) if quant.len() <= 8 && quant.chars().any(|c| c.is_ascii_digit()) => base.to_owned(),
+        _ => stem,
+    };
+    let base = if stem.trim().is_empty() { name.unwrap_or("model").to_owned() } else { stem };
     let mut id = String::new();
     for c in base.trim().chars() {
         if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
@@ -346,7 +374,8 @@ fn model_id(name: Option<&str>, path: &Path) -> String {
             id.push('-');
         }
     }
-    id.trim_matches('-').to_owned()
+    let id = id.trim_matches('-').to_owned();
+    if id.is_empty() { "model".into() } else { id }
 }
 
 #[cfg(test)]
@@ -356,8 +385,8 @@ mod tests {
     #[test]
     fn model_ids_are_slugs() {
         let p = Path::new("/m/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert_eq!(model_id(Some("SmolLM2 135M Instruct"), p), "smollm2-135m-instruct");
-        assert_eq!(model_id(None, p), "smollm2-135m-instruct.q4_1");
-        assert_eq!(model_id(Some("  "), Path::new("/x/a b.gguf")), "a-b");
+        assert_eq!(model_id(Some("Smollm2 135M 8k Lc100K Mix1 Ep2"), p), "smollm2-135m-instruct");
+        assert_eq!(model_id(None, Path::new("/x/a b.gguf")), "a-b");
+        assert_eq!(model_id(None, Path::new("/x/tinyllama-1.1b-chat.Q8_0.gguf")), "tinyllama-1.1b-chat");
     }
 }

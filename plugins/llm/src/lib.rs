@@ -100,7 +100,9 @@ impl LlmPlugin {
     fn ready_model(&self) -> Result<Arc<EmbeddedModel>, LlmError> {
         match read(&self.model).as_ref() {
             Some(ModelState::Ready(m)) => Ok(Arc::clone(m)),
-            Some(ModelState::Failed(message)) => Err(LlmError::NotReady { message: message.clone(), retry_after_ms: None }),
+            Some(ModelState::Failed(message)) => {
+                Err(LlmError::NotReady { message: message.clone(), retry_after_ms: None })
+            }
             Some(ModelState::Starting(step)) => Err(LlmError::NotReady {
                 message: format!("the model is loading ({step}); retry shortly"),
                 retry_after_ms: Some(1_000),
@@ -143,7 +145,7 @@ impl LlmPlugin {
                 };
                 let loaded = path.and_then(|path| {
                     progress(&format!("loading {}", path.display()));
-                    EmbeddedModel::load(&path, config.model_id.as_deref(), config.prefill_chunk, Some(candle_core::quantized::GgmlDType::Q8_0))
+                    EmbeddedModel::load(&path, config.model_id.as_deref(), config.prefill_chunk, config.weights)
                 });
                 match loaded {
                     Ok(model) => {
@@ -315,7 +317,8 @@ fn record(gate: &Gate, result: &Result<embedded::Outcome, LlmError>, took: Durat
                 c.cancelled.fetch_add(1, Relaxed);
                 c.last_cancelled_tokens.store(u64::from(o.completion_tokens), Relaxed);
                 tracing::info!(
-                    completion_tokens = o.completion_tokens, forward_passes = o.forward_passes,
+                    completion_tokens = o.completion_tokens,
+                    forward_passes = o.forward_passes,
                     "generation cancelled"
                 );
             } else {

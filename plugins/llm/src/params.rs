@@ -44,7 +44,10 @@ pub struct ChatMessage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// A prompt; with `raw` it is fed to the model as is, else as one user message.
-    Prompt { text: String, raw: bool },
+    Prompt {
+        text: String,
+        raw: bool,
+    },
     Messages(Vec<ChatMessage>),
 }
 
@@ -142,7 +145,9 @@ pub fn parse(params: Value, config: &LlmConfig) -> Result<GenerateParams, LlmErr
     }
     let max_tokens = match raw.max_tokens {
         None => config.default_max_tokens,
-        Some(n) if n < 1 => return Err(LlmError::invalid("max_tokens", format!("max_tokens must be at least 1, got {n}"))),
+        Some(n) if n < 1 => {
+            return Err(LlmError::invalid("max_tokens", format!("max_tokens must be at least 1, got {n}")));
+        }
         Some(n) if n > i64::from(config.max_tokens_limit) => {
             return Err(LlmError::invalid(
                 "max_tokens",
@@ -274,7 +279,9 @@ mod tests {
         assert_eq!(param(err(json!({"messages": [{"role": "robot", "content": "x"}]}))).as_deref(), Some("messages"));
         assert_eq!(param(err(json!({"messages": [{"role": "system", "content": "x"}]}))).as_deref(), Some("messages"));
         match err(json!({"prompt": "x", "temprature": 1})) {
-            LlmError::InvalidParams { message, .. } => assert!(message.contains("unknown field `temprature`"), "{message}"),
+            LlmError::InvalidParams { message, .. } => {
+                assert!(message.contains("unknown field `temprature`"), "{message}")
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(err(json!({"prompt": "x".repeat(300 * 1024)})), LlmError::ContextLength(_)));

@@ -2,6 +2,8 @@
 //! the real default model (SmolLM2-135M-Instruct Q4_1). `scripts/fetch-models.sh smollm2` puts
 //! it in the model cache; `scripts/test.sh` runs that first.
 
+#![allow(clippy::unwrap_used, reason = "tests: a panic is the failure report")]
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -136,7 +138,8 @@ async fn answers_streams_and_cancels_with_the_real_model() {
 
     // Streaming the same greedy request: the deltas concatenate to the same text, and the
     // final response is only a summary.
-    let id = d.request("llm.generate", json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 24, "stream": true})).await;
+    let id =
+        d.request("llm.generate", json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 24, "stream": true})).await;
     let (chunks, last) = d.response(id).await;
     assert!(!chunks.is_empty(), "{last}");
     let streamed: String = chunks.iter().filter_map(|c| c["delta"].as_str()).collect();
@@ -145,15 +148,19 @@ async fn answers_streams_and_cancels_with_the_real_model() {
     assert_eq!(last["result"]["usage"], result["usage"]);
 
     // Stop strings end generation and are not part of the text.
-    let r = d.call("llm.generate", json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 24, "stop": ["Paris"]})).await;
+    let r =
+        d.call("llm.generate", json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 24, "stop": ["Paris"]})).await;
     let stopped = r["result"]["text"].as_str().unwrap();
     assert!(!stopped.contains("Paris") && text.starts_with(stopped), "{stopped:?} vs {text:?}");
     assert_eq!(r["result"]["finish_reason"], "stop");
 
     // Cancel mid-stream: exactly one -32800, and the generation stopped long before max_tokens.
     let id = d
-        .request("llm.generate", json!({"prompt": "Write a long story about a dragon.", "temperature": 0,
-                                        "max_tokens": 2000, "stream": true}))
+        .request(
+            "llm.generate",
+            json!({"prompt": "Write a long story about a dragon.", "temperature": 0,
+                                        "max_tokens": 2000, "stream": true}),
+        )
         .await;
     loop {
         let m = d.recv().await;

@@ -29,7 +29,8 @@ pub const MODEL_DIR_NAME: &str = "all-MiniLM-L6-v2";
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RagConfig {
-    /// Directories to index (required, at least one).
+    /// Directories to index (required, at least one). Absolute paths must exist; a relative
+    /// path is a directory inside the plug-in's data dir, created when missing.
     #[serde(default)]
     pub roots: Vec<String>,
     /// Where the index lives; default `<data_dir>/rag-index`.
@@ -104,10 +105,23 @@ impl RagConfig {
         }
         let mut roots = Vec::with_capacity(self.roots.len());
         for root in &self.roots {
-            let path = Path::new(root);
-            if !path.is_absolute() {
-                return Err(Error::invalid("config.roots", format!("{root:?} is not an absolute path")));
-            }
+            let given = Path::new(root);
+            let path = if given.is_absolute() {
+                given.to_path_buf()
+            } else {
+                // Relative roots live in the plug-in's data dir and are created on demand, so the
+                // shipped registry can point at `docs` and work on a fresh machine.
+                let Some(data) = data_dir else {
+                    return Err(Error::invalid("config.roots", format!("{root:?} is not an absolute path")));
+                };
+                if root.is_empty() || given.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                    return Err(Error::invalid("config.roots", format!("{root:?} must stay inside the data dir")));
+                }
+                let path = data.join(given);
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| Error::invalid("config.roots", format!("cannot create {}: {e}", path.display())))?;
+                path
+            };
             let canonical = path
                 .canonicalize()
                 .map_err(|e| Error::invalid("config.roots", format!("{root:?} cannot be resolved: {e}")))?;
@@ -196,7 +210,8 @@ mod tests {
         let cases = [
             (json!({}), "config.roots"),
             (json!({"roots": []}), "config.roots"),
-            (json!({"roots": ["relative/dir"]}), "config.roots"),
+            (json!({"roots": ["../escape"]}), "config.roots"),
+            (json!({"roots": [""]}), "config.roots"),
             (json!({"roots": [tmp.path().join("missing")]}), "config.roots"),
             (json!({"roots": [file]}), "config.roots"),
             (json!({"roots": [tmp.path()], "chunk_target_words": 3}), "config.chunk_target_words"),
@@ -231,5 +246,12 @@ mod tests {
         assert_eq!(resolved.index_dir, Path::new("/data/rag/rag-index"));
         assert_eq!(resolved.chunk, ChunkParams { target_words: 120, overlap_words: 20 });
         assert_eq!(resolved.max_top_k, DEFAULT_MAX_TOP_K);
+
+        // Relative roots are created inside the data dir; without a data dir they are refused.
+        let data = tmp.path().join("data");
+        let cfg = RagConfig::from_value(&json!({"roots": ["docs/inbox"]})).unwrap();
+        let resolved = cfg.resolve(Some(&data)).unwrap();
+        assert_eq!(resolved.roots, vec![data.join("docs/inbox").canonicalize().unwrap()]);
+        assert!(cfg.resolve(None).is_err());
     }
 }

@@ -528,6 +528,8 @@ impl Engine {
                 writer.delete_all_documents()?;
             }
             let mut batch = EmbedBatch::default();
+            // text hash → row of vectors written by this run (identical texts embed once).
+            let mut fresh: HashMap<u64, u64> = HashMap::new();
             let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
             let mut last_log = Instant::now();
             let seen: HashSet<&str> = found.iter().map(|f| f.path.as_str()).collect();
@@ -627,7 +629,11 @@ impl Engine {
                     match (&embedder, &model_id) {
                         (Some(_), Some(model)) => {
                             let hash = text_hash(model, &chunk.embed_input(&file.path));
-                            if let Some(&row) = cache.get(&hash) {
+                            // Same text already embedded in this run (vectors in the current file)?
+                            if let Some(&row) = fresh.get(&hash) {
+                                report.vectors_reused += 1;
+                                writer.add_document(self.store.doc(&file.path, &sha, &chunk, row, hash))?;
+                            } else if let Some(&row) = cache.get(&hash) {
                                 report.vectors_reused += 1;
                                 let row = match (&old_vectors, fresh_file) {
                                     // Same file: the row stays where it is.
@@ -636,7 +642,9 @@ impl Engine {
                                     (Some(src), true) => {
                                         let mut v = [0f32; DIM];
                                         src.read_row(row, &mut v)?;
-                                        vectors.append(&v)?
+                                        let copied = vectors.append(&v)?;
+                                        fresh.insert(hash, copied);
+                                        copied
                                     }
                                     (None, true) => {
                                         batch.push(file.path.clone(), sha.clone(), chunk, hash);
@@ -655,7 +663,7 @@ impl Engine {
                     if batch.len() >= EMBED_BATCH
                         && let Some(m) = &embedder
                     {
-                        report.embedded += batch.flush(m, &mut vectors, &self.store, &writer)?;
+                        report.embedded += batch.flush(m, &mut vectors, &self.store, &writer, &mut fresh)?;
                     }
                 }
                 files.insert(
@@ -671,7 +679,7 @@ impl Engine {
                 );
             }
             if let Some(m) = &embedder {
-                report.embedded += batch.flush(m, &mut vectors, &self.store, &writer)?;
+                report.embedded += batch.flush(m, &mut vectors, &self.store, &writer, &mut fresh)?;
             }
             // Files that are gone.
             for path in old.files.keys() {
@@ -761,6 +769,7 @@ impl EmbedBatch {
         vectors: &mut VectorFile,
         store: &Store,
         writer: &IndexWriter,
+        fresh: &mut HashMap<u64, u64>,
     ) -> Result<u64> {
         if self.items.is_empty() {
             return Ok(0);
@@ -770,7 +779,9 @@ impl EmbedBatch {
         let data = model.embed(&refs)?;
         let first = vectors.append(&data)?;
         for (i, (path, sha, chunk, hash)) in self.items.drain(..).enumerate() {
-            writer.add_document(store.doc(&path, &sha, &chunk, first + i as u64, hash))?;
+            let row = first + i as u64;
+            fresh.insert(hash, row);
+            writer.add_document(store.doc(&path, &sha, &chunk, row, hash))?;
         }
         Ok(inputs.len() as u64)
     }

@@ -146,7 +146,7 @@ impl Plugin for Rag {
             "required": ["roots"],
             "properties": {
                 "roots": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                          "description": "Absolute directories to index."},
+                          "description": "Directories to index: absolute, or relative to the plug-in data dir (created when missing)."},
                 "index_dir": {"type": "string", "description": "Default <data_dir>/rag-index."},
                 "chunk_target_words": {"type": "integer", "minimum": 16, "maximum": 1000, "default": config::DEFAULT_TARGET_WORDS},
                 "chunk_overlap_words": {"type": "integer", "minimum": 0},

@@ -571,6 +571,12 @@ impl Plugin for ApiKeys {
         self.ensure_admin(config.admin_password).await
     }
 
+    fn limits(&self) -> bkg_plugin_sdk::Limits {
+        // Validations are cheap (a proof-cache hit and one indexed read), and every guarded
+        // request makes one: a burst of new connections must not be refused as "overloaded".
+        bkg_plugin_sdk::Limits { max_message_bytes: Some(64 * 1024), max_concurrent_requests: Some(4096) }
+    }
+
     async fn health(&self) -> Health {
         match self.state.get() {
             Some(_) => Health::serving(),

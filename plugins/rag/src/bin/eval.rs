@@ -61,6 +61,11 @@ struct Args {
     /// Force a full reindex of an existing index dir.
     #[arg(long)]
     full: bool,
+    /// Scale test: index this many copies of the corpus (hard links under a temporary
+    /// directory, `c000/`, `c001/`, ...). Identical texts are embedded once, so this measures
+    /// query latency and memory at N times the chunks without N times the embedding work.
+    #[arg(long, default_value_t = 1)]
+    copies: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,11 +129,18 @@ fn run(args: &Args) -> Result<(), String> {
         .split(',')
         .map(|m| Mode::parse(m.trim()).ok_or_else(|| format!("unknown mode {m:?}")))
         .collect::<Result<_, _>>()?;
+    let scratch = std::env::temp_dir().join(format!("bkg-rag-eval-{}", std::process::id()));
+    let root = if args.copies > 1 {
+        make_copies(&corpus, &args.exclude, args.copies, &scratch.join("corpus"))?
+    } else {
+        corpus.clone()
+    };
+    let root_str = root.to_str().ok_or("the corpus path is not UTF-8")?.to_owned();
     let (index_dir, temporary) = match &args.index_dir {
         Some(d) => (d.clone(), false),
-        None => (std::env::temp_dir().join(format!("bkg-rag-eval-{}", std::process::id())), true),
+        None => (scratch.join("index"), true),
     };
-    let mut config = json!({"roots": [corpus_str], "index_dir": index_dir, "exclude": args.exclude});
+    let mut config = json!({"roots": [root_str], "index_dir": index_dir, "exclude": args.exclude});
     if let Some(m) = &args.model_dir {
         config["model_dir"] = json!(m);
     }
@@ -136,11 +148,43 @@ fn run(args: &Args) -> Result<(), String> {
         config["chunk_target_words"] = json!(w);
     }
     let resolved = RagConfig::from_value(&config).and_then(|c| c.resolve(None)).map_err(|e| e.to_string())?;
-    let result = evaluate(args, resolved, &questions, &modes, &corpus_str);
+    let result = evaluate(args, resolved, &questions, &modes, &root_str, &corpus_str);
     if temporary {
         let _ = std::fs::remove_dir_all(&index_dir);
     }
+    if args.copies > 1 {
+        let _ = std::fs::remove_dir_all(scratch.join("corpus"));
+    }
+    let _ = std::fs::remove_dir(&scratch);
     result
+}
+
+/// Hard-links (or copies) every indexable file of `corpus` into `copies` subdirectories of `out`.
+fn make_copies(corpus: &Path, exclude: &[String], copies: usize, out: &Path) -> Result<PathBuf, String> {
+    let (found, _) = bkg_plugin_rag::paths::walk(&[corpus.to_owned()], exclude, out);
+    for k in 0..copies {
+        for f in &found {
+            let rel = Path::new(&f.path).strip_prefix(corpus).map_err(|e| e.to_string())?;
+            let dest = out.join(format!("c{k:03}")).join(rel);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+            }
+            if std::fs::hard_link(&f.path, &dest).is_err() {
+                std::fs::copy(&f.path, &dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+            }
+        }
+    }
+    out.canonicalize().map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// Resident memory of this process in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 fn evaluate(
@@ -148,6 +192,7 @@ fn evaluate(
     resolved: bkg_plugin_rag::config::Resolved,
     questions: &[Question],
     modes: &[Mode],
+    root: &str,
     corpus: &str,
 ) -> Result<(), String> {
     let opened = Instant::now();
@@ -181,7 +226,22 @@ fn evaluate(
             engine.index_bytes() as f64 / 1_048_576.0
         ),
     )?;
-    let prefix = format!("{corpus}/");
+    let status = engine.status();
+    w(
+        &mut out,
+        format!(
+            "memory: process RSS {:.0} MiB, vectors in RAM {:.1} MiB ({} vectors)",
+            rss_mib(),
+            status["vector_memory_bytes"].as_f64().unwrap_or(0.0) / 1_048_576.0,
+            status["vectors"]
+        ),
+    )?;
+    let prefix = format!("{root}/");
+    // With copies, results live under `cNNN/`; every copy of an expected document counts.
+    let relative = |path: &str| -> String {
+        let rel = path.strip_prefix(&prefix).unwrap_or(path);
+        if args.copies > 1 { rel.split_once('/').map_or(rel, |(_, r)| r).to_owned() } else { rel.to_owned() }
+    };
     let mut summary = BTreeMap::new();
     let mut per_question = Vec::new();
     w(&mut out, format!("{} questions from {}", questions.len(), args.questions.display()))?;
@@ -245,6 +305,8 @@ fn evaluate(
             "corpus": corpus,
             "index": report,
             "index_seconds": index_s,
+            "copies": args.copies,
+            "rss_mib": rss_mib(),
             "modes": summary,
             "per_question": per_question,
         });
