@@ -84,14 +84,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             () = close.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else { break };
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        bkg_plugin_sdk::codec::coalesce(&mut batch, &first, &mut rx);
         if let Err(e) = async {
             stdin.write_all(&batch).await?;
             stdin.flush().await

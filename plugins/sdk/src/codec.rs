@@ -127,6 +127,22 @@ impl Decoder for LineDecoder {
     }
 }
 
+/// Most bytes coalesced into one write by [`coalesce`].
+pub const MAX_BATCH: usize = 256 * 1024;
+
+/// Fills `batch` with `first` and whatever else is already queued (up to [`MAX_BATCH`]), so a
+/// writer task issues one `write` for a burst of messages. Used by both sides' writer tasks.
+pub fn coalesce(batch: &mut Vec<u8>, first: &[u8], rx: &mut tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    batch.clear();
+    batch.extend_from_slice(first);
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(more) => batch.extend_from_slice(&more),
+            Err(_) => break,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -287,15 +287,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn write_loop(mut output: Pin<Box<dyn AsyncWrite + Send>>, mut rx: mpsc::Receiver<Vec<u8>>) {
     let mut batch = Vec::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        // Coalesce whatever is already queued into one write.
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
-            }
-        }
+        crate::codec::coalesce(&mut batch, &first, &mut rx);
         if output.write_all(&batch).await.is_err() || output.flush().await.is_err() {
             // The daemon is gone; the reader will see EOF.
             return;
