@@ -54,18 +54,41 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Writes `registry` to `<dir>/registry.json` and returns its path.
-pub(crate) fn write_registry(dir: &Path, registry: &Value) -> anyhow::Result<PathBuf> {
+/// The password of the `admin` user the daemon creates on first start (`ADMIN_PASSWORD`).
+const ADMIN_PASSWORD: &str = "bkg-bench admin password";
+
+/// The apikeys entry of the shipped `plugins.json`: every guarded route needs it.
+pub(crate) fn apikeys_spec() -> Value {
+    serde_json::json!({"name": "apikeys", "builtin": "apikeys", "required": true, "config": {}})
+}
+
+/// Writes `{"plugins": [apikeys, ...plugins]}` to `<dir>/registry.json` and returns its path.
+pub(crate) fn write_registry(dir: &Path, plugins: &[Value]) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
+    let mut all = vec![apikeys_spec()];
+    all.extend(plugins.iter().cloned());
     let path = dir.join("registry.json");
-    std::fs::write(&path, serde_json::to_vec_pretty(registry)?)?;
+    std::fs::write(&path, serde_json::to_vec_pretty(&serde_json::json!({ "plugins": all }))?)?;
     Ok(path)
 }
 
 impl Daemon {
+    /// [`Daemon::start`], then logs in as `admin` (once apikeys is ready).
+    pub(crate) async fn start_logged_in(bkg: &Path, dir: &Path, registry: &Path) -> anyhow::Result<Self> {
+        let mut d = Self::start(bkg, dir, registry).await?;
+        d.login().await?;
+        Ok(d)
+    }
+
     /// Spawns `bkg serve --listen 127.0.0.1:0 --data-dir <dir> --registry <registry> --log-format
-    /// json` and waits for its `listening` line.
+    /// json` (with `ADMIN_PASSWORD` set) and waits for its `listening` line. Not logged in.
     pub(crate) async fn start(bkg: &Path, dir: &Path, registry: &Path) -> anyhow::Result<Self> {
+        Self::start_opts(bkg, dir, registry, true).await
+    }
+
+    /// [`Daemon::start`]; without `ADMIN_PASSWORD` when `password` is false (a later start of
+    /// a daemon whose admin user exists: login still works with the same password).
+    pub(crate) async fn start_opts(bkg: &Path, dir: &Path, registry: &Path, password: bool) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bkg);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"])
             .arg("--data-dir")
@@ -74,11 +97,16 @@ impl Daemon {
             .arg(registry)
             .env_remove("NOTIFY_SOCKET")
             .env_remove("RUST_LOG")
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env_remove("ADMIN_PASSWORD")
             // Not `dir`: it may not exist yet (the daemon creates it, 0700).
             .current_dir(registry.parent().unwrap_or(Path::new("/")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if password {
+            cmd.env("ADMIN_PASSWORD", ADMIN_PASSWORD);
+        }
         let spawned_wall_us = now_us();
         let spawned_at = Instant::now();
         let mut child = cmd.spawn().with_context(|| format!("cannot spawn {}", bkg.display()))?;
@@ -96,9 +124,45 @@ impl Daemon {
             let tail = lock(&log).tail.iter().cloned().collect::<Vec<_>>().join("\n");
             bail!("the daemon did not report `listening` within 20 s; its log:\n{tail}");
         };
-        let token = std::fs::read_to_string(dir.join("admin.token")).context("reading admin.token")?.trim().to_owned();
+        let token = String::new();
         let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(180)).build()?;
         Ok(Self { child: Some(child), addr, token, http, spawned_at, spawned_wall_us, listening_at, states, log })
+    }
+
+    /// Waits (on the public `/health`) for apikeys to be ready, then `POST /auth/login` as
+    /// `admin`; the session token is used as the bearer token from then on.
+    pub(crate) async fn login(&mut self) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Ok(res) = self.http.get(self.url("/health")).send().await
+                && let Ok(health) = res.json::<Value>().await
+                && health["plugins"]["apikeys"] == "ready"
+            {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("apikeys not ready within 60 s; daemon log tail:\n{}", self.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let body = serde_json::json!({"user": "admin", "password": ADMIN_PASSWORD});
+        let res = self.http.post(self.url("/auth/login")).json(&body).send().await?;
+        let status = res.status();
+        let reply: Value = res.json().await.unwrap_or_default();
+        let Some(token) = reply["token"].as_str() else { bail!("login failed: {status} {reply}") };
+        self.token = token.to_owned();
+        Ok(())
+    }
+
+    /// A counter of `/metrics` for one plug-in, e.g. `bkg_plugin_log_dropped_total`.
+    pub(crate) async fn metric(&self, name: &str, plugin: &str) -> anyhow::Result<f64> {
+        let res = self.http.get(self.url("/metrics")).bearer_auth(&self.token).send().await?;
+        let text = res.text().await?;
+        let prefix = format!("{name}{{plugin=\"{plugin}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .with_context(|| format!("no {prefix} in /metrics"))
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -109,13 +173,13 @@ impl Daemon {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// `GET` with the admin token; the body as JSON (or a string).
+    /// `GET` with the session token; the body as JSON (or a string).
     pub(crate) async fn get(&self, path: &str) -> anyhow::Result<(StatusCode, Value)> {
         let res = self.http.get(self.url(path)).bearer_auth(&self.token).send().await?;
         split(res).await
     }
 
-    /// `POST` of a JSON body with the admin token.
+    /// `POST` of a JSON body with the session token.
     pub(crate) async fn post(&self, path: &str, body: &Value) -> anyhow::Result<(StatusCode, Value)> {
         let res = self.http.post(self.url(path)).bearer_auth(&self.token).json(body).send().await?;
         split(res).await

@@ -42,9 +42,9 @@ impl Policy {
 
 pub(crate) async fn run(bkg: &Path, kills: usize, policy: Policy) -> anyhow::Result<Vec<Metric>> {
     let tmp = tempfile::tempdir()?;
-    let registry = json!({"plugins": [{"name": "f", "builtin": "fake", "restart": policy.json()}]});
-    let registry = daemon::write_registry(tmp.path(), &registry)?;
-    let mut d = Daemon::start(bkg, &tmp.path().join("data"), &registry).await?;
+    let registry =
+        daemon::write_registry(tmp.path(), &[json!({"name": "f", "builtin": "fake", "restart": policy.json()})])?;
+    let mut d = Daemon::start_logged_in(bkg, &tmp.path().join("data"), &registry).await?;
     d.wait_ready(&["f"]).await?;
     while d.states.try_recv().is_ok() {}
     let (_, view) = d.get("/admin/plugins/f").await?;

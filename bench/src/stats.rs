@@ -125,7 +125,10 @@ fn fmt_round(v: f64, round: Round) -> String {
         return "n/a".into();
     }
     let a = v.abs();
-    let decimals: i32 = if a >= 10_000.0 || (a >= 1.0 && v.fract() == 0.0 && round == Round::Nearest) {
+    // Whole numbers (counts, and sums of clock ticks that float arithmetic left at 60.000…01)
+    // are shown without decimals.
+    let whole = a >= 1.0 && (v - v.round()).abs() < 1e-9 * a && round == Round::Nearest;
+    let decimals: i32 = if a >= 10_000.0 || whole {
         0
     } else if a >= 100.0 {
         1
@@ -232,5 +235,7 @@ mod tests {
         assert_eq!(fmt_round(199.91, Round::Down), "199.9");
         assert_eq!(fmt_round(199.91, Round::Up), "200.0");
         assert_eq!(fmt_num(0.1234), "0.123");
+        assert_eq!(fmt_num(0.06 * 1e3), "60");
+        assert_eq!(fmt_num(9_000.0), "9,000");
     }
 }

@@ -89,12 +89,27 @@ async fn sse_events(res: reqwest::Response) -> Vec<Received> {
     out
 }
 
+/// The next `token` event of an `/llm/infer` stream, skipping `status` events.
+async fn next_token<S, E>(stream: &mut S) -> eventsource_stream::Event
+where
+    S: futures_util::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
+    E: std::fmt::Debug,
+{
+    loop {
+        let ev = tokio::time::timeout(LLM_WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+        if ev.event != "status" {
+            return ev;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_through_infer_chat_completions_and_the_websocket() {
     let d = start(json!({})).await;
 
     // POST /llm/infer, whole answer.
-    let res = post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
+    let res =
+        post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     let text = body["text"].as_str().unwrap_or_else(|| panic!("{body}")).to_owned();
@@ -116,10 +131,13 @@ async fn answers_through_infer_chat_completions_and_the_websocket() {
     assert_eq!(last.event, "end", "{}", last.data);
     let summary: Value = serde_json::from_str(&last.data).unwrap();
     assert_eq!(summary["usage"], body["usage"]);
+    assert_eq!(events[0].event, "status", "the stream opens with the admission status");
     let tokens: Vec<&Received> = events.iter().filter(|e| e.event == "token").collect();
     assert!(!tokens.is_empty());
-    let streamed: String =
-        tokens.iter().map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["delta"].as_str().unwrap().to_owned()).collect();
+    let streamed: String = tokens
+        .iter()
+        .map(|e| serde_json::from_str::<Value>(&e.data).unwrap()["delta"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(streamed, text);
     if tokens.len() > 1 {
         assert!(tokens[0].at < last.at, "the first token came before the end");
@@ -137,7 +155,10 @@ async fn answers_through_infer_chat_completions_and_the_websocket() {
     assert_eq!(body["choices"][0]["message"]["content"], text.as_str());
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     let total = body["usage"]["total_tokens"].as_u64().unwrap();
-    assert_eq!(total, body["usage"]["prompt_tokens"].as_u64().unwrap() + body["usage"]["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        total,
+        body["usage"]["prompt_tokens"].as_u64().unwrap() + body["usage"]["completion_tokens"].as_u64().unwrap()
+    );
 
     // Streamed: role chunk, content chunks, finish chunk, usage chunk (asked for), [DONE].
     let mut req = req.clone();
@@ -157,8 +178,10 @@ async fn answers_through_infer_chat_completions_and_the_websocket() {
     assert_eq!(usage_chunk["usage"]["total_tokens"], total);
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "stop");
-    let content: String =
-        chunks[1..chunks.len() - 2].iter().map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap().to_owned()).collect();
+    let content: String = chunks[1..chunks.len() - 2]
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(content, text);
 
     // GET /v1/models.
@@ -184,6 +207,9 @@ async fn answers_through_infer_chat_completions_and_the_websocket() {
     ws.send(start("france", json!({"messages": messages, "temperature": 0, "max_tokens": 32}))).await.unwrap();
     ws.send(Message::Text("this is not json".into())).await.unwrap();
     ws.send(Message::Binary(vec![1u8, 2, 3].into())).await.unwrap();
+    let huge =
+        json!({"type": "request", "req_id": "huge", "event": "start", "payload": {"prompt": "x".repeat(10 << 20)}});
+    ws.send(Message::Text(huge.to_string().into())).await.unwrap();
     ws.send(Message::Text(json!({"type": "request", "req_id": "x", "event": "explode"}).to_string().into()))
         .await
         .unwrap();
@@ -204,9 +230,11 @@ async fn answers_through_infer_chat_completions_and_the_websocket() {
                 france_done = true;
             }
             (Some("long"), Some("token")) if !cancel_sent => {
-                ws.send(Message::Text(json!({"type": "request", "req_id": "long", "event": "cancel"}).to_string().into()))
-                    .await
-                    .unwrap();
+                ws.send(Message::Text(
+                    json!({"type": "request", "req_id": "long", "event": "cancel"}).to_string().into(),
+                ))
+                .await
+                .unwrap();
                 cancel_sent = true;
             }
             (Some("long"), Some("end")) => {
@@ -214,14 +242,15 @@ async fn answers_through_infer_chat_completions_and_the_websocket() {
                 long_done = true;
             }
             (_, Some("error")) => {
-                assert_eq!(m["payload"]["error"]["status"], 400, "{m}");
+                let status = &m["payload"]["error"]["status"];
+                assert!(status == 400 || status == 413, "{m}");
                 errors += 1;
             }
             (Some("france" | "long"), Some("status" | "token")) => {}
             other => panic!("unexpected {other:?}: {m}"),
         }
     }
-    assert_eq!(errors, 3);
+    assert_eq!(errors, 4);
     assert_eq!(france, text);
     ws.close(None).await.unwrap();
     // The cancelled request really stopped in the plug-in.
@@ -326,18 +355,20 @@ async fn bad_input_is_400_and_the_plugin_keeps_serving() {
     let res = post(&d, "/llm/infer", &json!({"prompt": "x".repeat(10 * 1024 * 1024)})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::PAYLOAD_TOO_LARGE);
     // OpenAI's error shape on /v1.
-    let res = post(&d, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}))
-        .send()
-        .await
-        .unwrap();
+    let res =
+        post(&d, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "temperature": 9}))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["type"], "invalid_request_error", "{err}");
     assert_eq!(err["error"]["param"], "temperature", "{err}");
-    let res = post(&d, "/v1/chat/completions", &json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}))
-        .send()
-        .await
-        .unwrap();
+    let res =
+        post(&d, "/v1/chat/completions", &json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let err: Value = res.json().await.unwrap();
     assert_eq!(err["error"]["code"], "model_not_found", "{err}");
@@ -349,7 +380,8 @@ async fn bad_input_is_400_and_the_plugin_keeps_serving() {
 
     // Still serving, same plug-in process.
     let pid = d.plugin("llm").await["pid"].clone();
-    let res = post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
+    let res =
+        post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.json::<Value>().await.unwrap()["text"].as_str().unwrap().contains("Paris"));
     assert_eq!(d.plugin("llm").await["pid"], pid);
@@ -364,17 +396,19 @@ async fn a_full_queue_is_429_with_retry_after() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let mut running = res.bytes_stream().eventsource();
-    let first = tokio::time::timeout(LLM_WAIT, running.next()).await.unwrap().unwrap().unwrap();
+    let first = next_token(&mut running).await;
     assert_eq!(first.event, "token");
 
     let res = post(&d, "/llm/infer", &json!({"prompt": "hi"})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(stats(&d).await["rejected"], 1);
     let retry: u64 = res.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
-    let res = post(&d, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "stream": true}))
-        .send()
-        .await
-        .unwrap();
+    let res =
+        post(&d, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}], "stream": true}))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(res.headers().contains_key("retry-after-ms"));
     let err: Value = res.json().await.unwrap();
@@ -382,7 +416,8 @@ async fn a_full_queue_is_429_with_retry_after() {
     drop(running);
     // Once the first request is cancelled, the slot is free again.
     wait_for("slot freed", WAIT, || async { (stats(&d).await["running"] == 0).then_some(()) }).await;
-    let res = post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 16})).send().await.unwrap();
+    let res =
+        post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 16})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
 
@@ -395,7 +430,7 @@ async fn killing_the_plugin_mid_stream_ends_the_stream_with_an_error_event() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     let mut stream = res.bytes_stream().eventsource();
-    let first = tokio::time::timeout(LLM_WAIT, stream.next()).await.unwrap().unwrap().unwrap();
+    let first = next_token(&mut stream).await;
     assert_eq!(first.event, "token");
     let pid = d.plugin("llm").await["pid"].as_u64().unwrap() as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -419,7 +454,8 @@ async fn killing_the_plugin_mid_stream_ends_the_stream_with_an_error_event() {
         (v["state"] == "ready" && v["pid"].as_u64() != Some(pid as u64)).then_some(())
     })
     .await;
-    let res = post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
+    let res =
+        post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.json::<Value>().await.unwrap()["text"].as_str().unwrap().contains("Paris"));
 }
@@ -441,4 +477,103 @@ async fn the_official_openai_python_client_works() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "openai client test failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("non-stream ok") && stdout.contains("stream ok"), "{stdout}");
+}
+
+/// A daemon whose llm plug-in uses the `openai` backend with these upstreams; `key` is put in
+/// the plug-in's environment as `UPSTREAM_KEY`.
+async fn start_openai(upstreams: Value, key: &str, extra: Value) -> TestDaemon {
+    let mut openai = json!({"upstreams": upstreams, "connect_timeout_ms": 1000});
+    if let (Some(o), Value::Object(extra)) = (openai.as_object_mut(), extra) {
+        o.extend(extra);
+    }
+    let spec = json!({
+        "name": "llm", "builtin": "llm", "env": {"UPSTREAM_KEY": key},
+        "config": {"backend": "openai", "model_id": "relayed", "max_concurrent": 4, "max_queue": 8, "openai": openai},
+        "timeouts": {"stop_grace_ms": 500}
+    });
+    let d = TestDaemon::start(vec![spec]).await;
+    wait_ready(&d).await;
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_backend_streams_fails_over_and_maps_upstream_errors() {
+    // The upstream: another daemon's /v1 with the embedded model.
+    let upstream = start(json!({})).await;
+    let base = upstream.url("/v1");
+    // Nothing listens on port 9 of loopback: connection refused.
+    let dead = json!({"name": "dead", "base_url": "http://127.0.0.1:9/v1", "model": "m"});
+    let good =
+        json!({"name": "good", "base_url": base, "model": "smollm2-135m-instruct", "api_key_env": "UPSTREAM_KEY"});
+    let d = start_openai(json!([dead, good]), &upstream.token, json!({})).await;
+
+    // Whole answer, after failing over from the dead upstream.
+    let res =
+        post(&d, "/llm/infer", &json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 32})).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["text"].as_str().unwrap().contains("Paris"), "{body}");
+    assert_eq!(body["upstream"], "good", "{body}");
+    assert_eq!(body["model"], "relayed");
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{body}");
+
+    // Streamed through both daemons, in OpenAI's shape.
+    let req = json!({"model": "relayed", "messages": [{"role": "user", "content": FRANCE}], "temperature": 0,
+                     "max_tokens": 32, "stream": true});
+    let res = post(&d, "/v1/chat/completions", &req).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let events = sse_events(res).await;
+    assert_eq!(events.last().unwrap().data, "[DONE]");
+    let content: String = events[..events.len() - 1]
+        .iter()
+        .filter_map(|e| {
+            serde_json::from_str::<Value>(&e.data).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(content, body["text"].as_str().unwrap());
+
+    let (_, models) = d.rpc("llm", "llm.models", json!({}), None).await;
+    let upstreams = &models["result"]["models"][0]["upstreams"];
+    assert!(upstreams[0]["last_error"].as_str().unwrap().contains("cannot reach"), "{models}");
+    assert_eq!(upstreams[1]["failures"], 0, "{models}");
+
+    // An upstream that refuses the model: 502 with its reason, then 503 while it cools down.
+    let wrong = json!({"name": "wrong", "base_url": base, "model": "no-such-model", "api_key_env": "UPSTREAM_KEY"});
+    let broken = start_openai(json!([wrong]), &upstream.token, json!({"cooldown_ms": 60000})).await;
+    let res = post(&broken, "/llm/infer", &json!({"prompt": FRANCE})).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let err: Value = res.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("404"), "{err}");
+    let res = post(&broken, "/v1/chat/completions", &json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    let err: Value = res.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("cooling down"), "{err}");
+
+    // A wrong key is an upstream error too (401 → 502), never a leak of the key.
+    let badkey = start_openai(json!([good]), "bkg_not_a_real_token_0000000000", json!({})).await;
+    let res = post(&badkey, "/llm/infer", &json!({"prompt": FRANCE})).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_GATEWAY);
+    let text = res.text().await.unwrap();
+    assert!(text.contains("401"), "{text}");
+    assert!(!badkey.logs().join("\n").contains("bkg_not_a_real_token"), "the key was logged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_model_fails_the_plugin_with_what_to_do() {
+    let spec = json!({"name": "llm", "builtin": "llm", "config": {"model_path": "/nonexistent/model.gguf"},
+                      "timeouts": {"stop_grace_ms": 500}});
+    let d = TestDaemon::start(vec![spec]).await;
+    let view = d.wait_plugin("llm", "failed", |v| v["state"] == "failed").await;
+    let reason = view["reason"].as_str().unwrap();
+    assert!(reason.contains("/nonexistent/model.gguf") && reason.contains("model_path"), "{reason}");
+    let res = post(&d, "/llm/infer", &json!({"prompt": "hi"})).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let err: Value = res.json().await.unwrap();
+    assert!(err["error"]["message"].as_str().unwrap().contains("model_path"), "{err}");
 }

@@ -35,12 +35,12 @@ fn main() -> Result<(), String> {
     let cancel = tokio_util::sync::CancellationToken::new();
     let outcome = model
         .generate(&job, &cancel, &mut |piece| {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
+            let mut out = std::io::stdout();
+            let _ = out.write_all(piece.as_bytes()).and_then(|()| out.flush());
             true
         })
         .map_err(|e| e.to_string())?;
-    println!();
+    let _ = std::io::stdout().write_all(b"\n");
     eprintln!("{outcome:?}");
     Ok(())
 }

@@ -136,7 +136,7 @@ impl LlmPlugin {
             .name("llm-load".into())
             .spawn(move || {
                 let progress = |step: &str| {
-                    tracing::info!(step, "model");
+                    tracing::info!("model: {step}");
                     Self::set_state(&state, ModelState::Starting(step.to_owned()));
                 };
                 let path = match &config.model_path {
@@ -152,14 +152,19 @@ impl LlmPlugin {
                         progress("warming up");
                         let warm = warm_up(&model);
                         tracing::info!(
-                            model = %model.id, path = %model.info.path, load_ms = model.info.load_ms,
-                            warm_up_ms = warm.as_millis() as u64, avx = model.info.avx,
-                            context = model.context, "model ready"
+                            "model {} ready: {} loaded in {} ms ({:?} weights, AVX2 {}), warm-up {} ms, context {}",
+                            model.id,
+                            model.info.path,
+                            model.info.load_ms,
+                            model.info.weights,
+                            model.info.avx,
+                            warm.as_millis(),
+                            model.context
                         );
                         Self::set_state(&state, ModelState::Ready(Arc::new(model)));
                     }
                     Err(message) => {
-                        tracing::error!(%message, "the model cannot be loaded");
+                        tracing::error!("the model cannot be loaded: {message}");
                         Self::set_state(&state, ModelState::Failed(message));
                     }
                 }
@@ -178,7 +183,7 @@ impl LlmPlugin {
                     .upstreams
                     .get()
                     .ok_or_else(|| LlmError::NotReady { message: "not initialized".into(), retry_after_ms: None })?;
-                Ok(upstreams.generate(params, self.gate(), &ctx).await?)
+                upstreams.generate(params, self.gate(), &ctx).await
             }
         }
     }
@@ -220,9 +225,10 @@ impl LlmPlugin {
         }
         let running = gate.start(ticket).await;
         let queue_ms = queued_at.elapsed().as_millis() as u64;
-        if ahead > 0 {
-            ctx.stream(json!({"status": {"phase": "started", "queue_ms": queue_ms}})).await;
-        }
+        // Tells a streaming caller at once that the request was admitted, so it can answer
+        // 200 and keep the connection alive through a long prefill.
+        ctx.stream(json!({"status": {"phase": "started", "queue_ms": queue_ms, "prompt_tokens": job.prompt.len()}}))
+            .await;
 
         // The generation thread stops when the call is cancelled (the SDK cancels the token)
         // or when this future is dropped (the guard cancels the child token).
@@ -328,14 +334,14 @@ fn record(gate: &Gate, result: &Result<embedded::Outcome, LlmError>, took: Durat
         }
         Err(e) => {
             c.failed.fetch_add(1, Relaxed);
-            tracing::warn!(error = %e, "generation failed");
+            tracing::warn!("generation failed: {e}");
         }
     }
 }
 
 /// Forwards generated text: as `$/stream` chunks when the caller streams (coalesced to at most
 /// one chunk per [`STREAM_INTERVAL`], the first one at once), else collected into the result.
-async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> String {
+pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> String {
     let mut all = String::new();
     if !ctx.streaming() {
         while let Some(piece) = rx.recv().await {
@@ -380,7 +386,7 @@ fn warm_up(model: &EmbeddedModel) -> Duration {
         let job = Job { prompt, max_tokens: 1, temperature: 0.0, top_p: 1.0, seed: 0, stop: vec![] };
         let never = tokio_util::sync::CancellationToken::new();
         if let Err(e) = model.generate(&job, &never, &mut |_| true) {
-            tracing::warn!(error = %e, "warm-up generation failed");
+            tracing::warn!("warm-up generation failed: {e}");
         }
     }
     started.elapsed()
@@ -421,7 +427,7 @@ impl Plugin for LlmPlugin {
                 let _ = self.upstreams.set(upstreams);
             }
         }
-        tracing::info!(backend = ?backend, "llm plug-in initialized");
+        tracing::info!("llm plug-in initialized ({backend:?} backend)");
         Ok(())
     }
 

@@ -169,6 +169,40 @@ mod tests {
         assert_eq!(cs[0].heading, "Ownership");
     }
 
+    /// Random documents in every format: no panic, and text-format chunks cite exact bytes.
+    #[test]
+    fn random_documents_chunk_without_panics() {
+        const PIECES: &[&str] = &[
+            "# ", "## ", "\n", "\n\n", "```", "~~~", "    ", "word ", "naïve ", "日本語。", "→ ", ". ", "! ", "? ", "::", "\n.. code-block:: rust\n",
+            "=====", "-----", "\r\n", "\t", "<p>", "</p>", "&amp;", "\u{feff}", "* ", "1. ", "\"quoted.\" ", "(paren.) ",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let params = ChunkParams { target_words: 16, overlap_words: 4 };
+        for round in 0..2000 {
+            let n = (next() % 120) as usize;
+            let content: String = (0..n).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect();
+            let path = ["/d/a.md", "/d/a.rst", "/d/a.txt", "/d/a.rs", "/d/a.html"][round % 5];
+            let sha = sha256_hex(content.as_bytes());
+            let Prepared::Indexed { chunks, .. } = prepare(path, content.as_bytes(), &sha, params) else {
+                panic!("{path}: skipped {content:?}");
+            };
+            for c in &chunks {
+                let (a, b) = (c.start as usize, c.end as usize);
+                assert!(a < b && b <= content.len(), "{path} {content:?}");
+                assert!(content.is_char_boundary(a) && content.is_char_boundary(b), "{path} {content:?}");
+                if !path.ends_with(".html") {
+                    assert_eq!(&content[a..b], c.text, "{path} {content:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn binary_and_non_utf8_are_skipped() {
         let p = ChunkParams::default();

@@ -259,9 +259,8 @@ fn evaluate(
             let t = Instant::now();
             let hits = engine.query(&query).map_err(|e| e.to_string())?;
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-            let docs: Vec<&str> =
-                hits.iter().map(|h| h.source.path.strip_prefix(&prefix).unwrap_or(&h.source.path)).collect();
-            let top5: Vec<&str> = docs.iter().take(5).copied().collect();
+            let docs: Vec<String> = hits.iter().map(|h| relative(&h.source.path)).collect();
+            let top5: Vec<&str> = docs.iter().take(5).map(String::as_str).collect();
             let found = q.expected.iter().filter(|e| top5.contains(&e.as_str())).count();
             recall_sum += found as f64 / q.expected.len() as f64;
             let first = docs.iter().position(|d| q.expected.iter().any(|e| e == d));
