@@ -149,6 +149,15 @@ pub const ROUTES: &[RouteDoc] = &[
     )),
     with_body(route("POST", "/rag/reindex", "rag", "Rebuild the index ({full?}); answers once it committed")),
     route("GET", "/rag/status", "rag", "Index size, model state, progress of a running reindex"),
+    with_body(route(
+        "POST",
+        "/llm/infer",
+        "llm",
+        "Generate text: {prompt | messages, max_tokens, temperature, top_p, stop, seed, stream?}; SSE token events with stream",
+    )),
+    route("GET", "/llm/stream", "llm", "WebSocket: several generations per socket by req_id, with cancel"),
+    with_body(route("POST", "/v1/chat/completions", "llm", "OpenAI-compatible chat completions (stream and non-stream)")),
+    route("GET", "/v1/models", "llm", "OpenAI-compatible model list"),
 ];
 
 /// The names of a path's `{parameters}`.
