@@ -106,7 +106,7 @@ pub(crate) async fn run(bkg: &Path, opts: HttpOpts) -> anyhow::Result<Vec<Metric
     Ok(out)
 }
 
-/// Opens an SSE stream of `f1` and calls `on_line` with the number of `fake line` events in
+/// Opens an SSE stream of `f1` and calls `on_lines` with the number of `fake line` events in
 /// every chunk received.
 async fn open_stream(d: &Daemon, on_lines: impl Fn(u64) + Send + 'static) -> anyhow::Result<()> {
     let mut res = d.http.get(d.url(LOGS)).bearer_auth(&d.token).header(ACCEPT, "text/event-stream").send().await?;

@@ -314,10 +314,16 @@ impl SupervisorActor {
                 let name = entry.spec.name.to_string();
                 let log = self.logs.plugin(&name);
                 LogSink::note(&log, Level::Info, format!("restarting in {} ms", delay.as_millis()));
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
+                if delay.is_zero() {
+                    // An immediate restart goes straight to the queue: a zero sleep would still
+                    // wait for the timer wheel's next 1 ms tick.
                     let _ = timers.send((name, generation));
-                });
+                } else {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = timers.send((name, generation));
+                    });
+                }
             }
         }
     }

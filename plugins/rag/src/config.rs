@@ -22,6 +22,10 @@ pub const DEFAULT_TARGET_WORDS: usize = 120;
 pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Default upper bound for `top_k`.
 pub const DEFAULT_MAX_TOP_K: usize = 100;
+/// Default RRF constant (Cormack et al. 2009).
+pub const DEFAULT_RRF_K: f32 = 60.0;
+/// Default weight of the vector leg (see eval/README.md for how it was chosen).
+pub const DEFAULT_VECTOR_WEIGHT: f32 = 1.0;
 /// The directory name of the model under the model cache (see `scripts/fetch-models.sh`).
 pub const MODEL_DIR_NAME: &str = "all-MiniLM-L6-v2";
 
@@ -58,6 +62,25 @@ pub struct RagConfig {
     /// Set to false to run BM25 only, without loading the model.
     #[serde(default)]
     pub embeddings: Option<bool>,
+    /// Reciprocal rank fusion constant `k` of hybrid mode.
+    #[serde(default)]
+    pub rrf_k: Option<f32>,
+    /// Weight of the vector leg in hybrid mode (the BM25 leg weighs 1).
+    #[serde(default)]
+    pub vector_weight: Option<f32>,
+}
+
+/// Hybrid fusion parameters: `score = 1/(k + rank_bm25) + vector_weight/(k + rank_vector)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fusion {
+    pub k: f32,
+    pub vector_weight: f32,
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Self { k: DEFAULT_RRF_K, vector_weight: DEFAULT_VECTOR_WEIGHT }
+    }
 }
 
 /// Chunking parameters (part of the index fingerprint).
@@ -84,6 +107,7 @@ pub struct Resolved {
     pub exclude: Vec<String>,
     pub max_top_k: usize,
     pub embeddings: bool,
+    pub fusion: Fusion,
 }
 
 impl RagConfig {
@@ -168,6 +192,16 @@ impl RagConfig {
         if !(1..=1000).contains(&max_top_k) {
             return Err(Error::invalid("config.max_top_k", "must be between 1 and 1000"));
         }
+        let fusion = Fusion {
+            k: self.rrf_k.unwrap_or(DEFAULT_RRF_K),
+            vector_weight: self.vector_weight.unwrap_or(DEFAULT_VECTOR_WEIGHT),
+        };
+        if !(fusion.k.is_finite() && (0.0..=1000.0).contains(&fusion.k)) {
+            return Err(Error::invalid("config.rrf_k", "must be between 0 and 1000"));
+        }
+        if !(fusion.vector_weight.is_finite() && (0.0..=100.0).contains(&fusion.vector_weight)) {
+            return Err(Error::invalid("config.vector_weight", "must be between 0 and 100"));
+        }
         for pattern in &self.exclude {
             if pattern.is_empty() {
                 return Err(Error::invalid("config.exclude", "patterns must not be empty"));
@@ -182,6 +216,7 @@ impl RagConfig {
             exclude: self.exclude.clone(),
             max_top_k,
             embeddings: self.embeddings.unwrap_or(true),
+            fusion,
         })
     }
 }
@@ -220,6 +255,8 @@ mod tests {
                 "config.chunk_overlap_words",
             ),
             (json!({"roots": [tmp.path()], "max_top_k": 0}), "config.max_top_k"),
+            (json!({"roots": [tmp.path()], "rrf_k": -1.0}), "config.rrf_k"),
+            (json!({"roots": [tmp.path()], "vector_weight": 1e9}), "config.vector_weight"),
             (json!({"roots": [tmp.path()], "index_dir": "rel"}), "config.index_dir"),
         ];
         for (value, field) in cases {

@@ -173,8 +173,34 @@ mod tests {
     #[test]
     fn random_documents_chunk_without_panics() {
         const PIECES: &[&str] = &[
-            "# ", "## ", "\n", "\n\n", "```", "~~~", "    ", "word ", "naïve ", "日本語。", "→ ", ". ", "! ", "? ", "::", "\n.. code-block:: rust\n",
-            "=====", "-----", "\r\n", "\t", "<p>", "</p>", "&amp;", "\u{feff}", "* ", "1. ", "\"quoted.\" ", "(paren.) ",
+            "# ",
+            "## ",
+            "\n",
+            "\n\n",
+            "```",
+            "~~~",
+            "    ",
+            "word ",
+            "naïve ",
+            "日本語。",
+            "→ ",
+            ". ",
+            "! ",
+            "? ",
+            "::",
+            "\n.. code-block:: rust\n",
+            "=====",
+            "-----",
+            "\r\n",
+            "\t",
+            "<p>",
+            "</p>",
+            "&amp;",
+            "\u{feff}",
+            "* ",
+            "1. ",
+            "\"quoted.\" ",
+            "(paren.) ",
         ];
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = || {

@@ -24,7 +24,7 @@ use tantivy::collector::DocSetCollector;
 use tantivy::schema::{TantivyDocument, Value as _};
 use tantivy::{DocAddress, IndexWriter, Searcher};
 
-use crate::config::Resolved;
+use crate::config::{Fusion, Resolved};
 use crate::doc::{self, Prepared, SkipReason};
 use crate::embed::{DIM, Embedder};
 use crate::error::{Error, Result};
@@ -32,12 +32,12 @@ use crate::paths;
 use crate::store::{FileEntry, MANIFEST_VERSION, Manifest, NO_VECTOR, Store};
 use crate::vectors::{Matrix, VectorFile};
 
-/// Chunks embedded per model call.
-const EMBED_BATCH: usize = 32;
+/// Chunks collected before embedding (sorted by length, then embedded [`EMBED_CALL`] at a time).
+const EMBED_BATCH: usize = 64;
+/// Chunks per model call.
+const EMBED_CALL: usize = 16;
 /// Longest accepted query, in bytes.
 pub const MAX_QUERY_BYTES: usize = 2048;
-/// Reciprocal rank fusion constant (Cormack et al. 2009).
-pub const RRF_K: f32 = 60.0;
 /// Candidates each leg contributes: max(50, 5·top_k).
 fn depth(top_k: usize) -> usize {
     (5 * top_k).max(50)
@@ -79,6 +79,8 @@ pub struct Query {
     pub mode: Mode,
     /// Canonical path prefix (see [`paths::validate_prefix`]).
     pub path_prefix: Option<String>,
+    /// Hybrid fusion parameters (from the config; the evaluation harness varies them).
+    pub fusion: Fusion,
 }
 
 /// Where a result comes from.
@@ -309,7 +311,7 @@ impl Engine {
             return Err(Error::invalid("top_k", format!("must be between 1 and {}", self.cfg.max_top_k)));
         }
         let path_prefix = path_prefix.map(|p| paths::validate_prefix(p, &self.cfg.roots)).transpose()?;
-        Ok(Query { text: trimmed.to_owned(), top_k, mode, path_prefix })
+        Ok(Query { text: trimmed.to_owned(), top_k, mode, path_prefix, fusion: self.cfg.fusion })
     }
 
     fn embedder(&self) -> Result<&Arc<Embedder>> {
@@ -346,7 +348,7 @@ impl Engine {
         let ranked: Vec<(f32, DocAddress)> = match q.mode {
             Mode::Bm25 => bm25,
             Mode::Vector => vector,
-            Mode::Hybrid => rrf(&[&bm25, &vector], RRF_K),
+            Mode::Hybrid => rrf(&[(&bm25, 1.0), (&vector, q.fusion.vector_weight)], q.fusion.k),
         };
         self.collect_hits(&snap.searcher, &ranked, q.top_k)
     }
@@ -774,16 +776,23 @@ impl EmbedBatch {
         if self.items.is_empty() {
             return Ok(0);
         }
-        let inputs: Vec<String> = self.items.iter().map(|(p, _, c, _)| c.embed_input(p)).collect();
-        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-        let data = model.embed(&refs)?;
-        let first = vectors.append(&data)?;
-        for (i, (path, sha, chunk, hash)) in self.items.drain(..).enumerate() {
-            let row = first + i as u64;
-            fresh.insert(hash, row);
-            writer.add_document(store.doc(&path, &sha, &chunk, row, hash))?;
+        // Embed in length order, so that each model call pads its inputs as little as possible.
+        let mut items: Vec<(String, (String, String, doc::Chunk, u64))> =
+            self.items.drain(..).map(|item| (item.2.embed_input(&item.0), item)).collect();
+        items.sort_by_key(|(input, _)| input.len());
+        let mut embedded = 0;
+        for group in items.chunks(EMBED_CALL) {
+            let refs: Vec<&str> = group.iter().map(|(input, _)| input.as_str()).collect();
+            let data = model.embed(&refs)?;
+            let first = vectors.append(&data)?;
+            for (i, (_, (path, sha, chunk, hash))) in group.iter().enumerate() {
+                let row = first + i as u64;
+                fresh.insert(*hash, row);
+                writer.add_document(store.doc(path, sha, chunk, row, *hash))?;
+            }
+            embedded += group.len() as u64;
         }
-        Ok(inputs.len() as u64)
+        Ok(embedded)
     }
 }
 
@@ -869,14 +878,15 @@ fn dir_size(dir: &Path) -> u64 {
     total
 }
 
-/// Reciprocal rank fusion: `Σ 1/(k + rank)` over the lists (ranks from 1). Ties break by the
-/// first list's rank, then by document address, so the order is deterministic.
-pub fn rrf(lists: &[&[(f32, DocAddress)]], k: f32) -> Vec<(f32, DocAddress)> {
+/// Weighted reciprocal rank fusion: `Σ w/(k + rank)` over the (list, weight) pairs, ranks from
+/// 1; a document absent from a list gets nothing from it. Ties break by the first list's rank,
+/// then by document address, so the order is deterministic.
+pub fn rrf(lists: &[(&[(f32, DocAddress)], f32)], k: f32) -> Vec<(f32, DocAddress)> {
     let mut fused: HashMap<DocAddress, (f32, usize)> = HashMap::new();
-    for (li, list) in lists.iter().enumerate() {
+    for (li, (list, weight)) in lists.iter().enumerate() {
         for (rank0, (_, addr)) in list.iter().enumerate() {
             let e = fused.entry(*addr).or_insert((0.0, usize::MAX));
-            e.0 += 1.0 / (k + rank0 as f32 + 1.0);
+            e.0 += weight / (k + rank0 as f32 + 1.0);
             if li == 0 {
                 e.1 = rank0;
             }
@@ -1118,10 +1128,13 @@ mod tests {
         let a = |d| DocAddress::new(0, d);
         let bm25 = vec![(9.0, a(1)), (8.0, a(2)), (7.0, a(3))];
         let vec = vec![(0.9, a(3)), (0.8, a(4)), (0.7, a(1))];
-        let fused = rrf(&[&bm25, &vec], 60.0);
+        let fused = rrf(&[(&bm25, 1.0), (&vec, 1.0)], 60.0);
         let order: Vec<u32> = fused.iter().map(|(_, d)| d.doc_id).collect();
         assert_eq!(order, vec![1, 3, 2, 4]);
         assert!((fused[0].0 - (1.0 / 61.0 + 1.0 / 63.0)).abs() < 1e-6);
-        assert_eq!(rrf(&[&bm25, &vec], 60.0), fused);
+        assert_eq!(rrf(&[(&bm25, 1.0), (&vec, 1.0)], 60.0), fused);
+        // A heavier vector leg lets its top document win.
+        let weighted = rrf(&[(&bm25, 1.0), (&vec, 2.0)], 60.0);
+        assert_eq!(weighted[0].1, a(3));
     }
 }

@@ -154,7 +154,9 @@ impl Plugin for Rag {
                 "max_file_bytes": {"type": "integer", "minimum": 1, "default": config::DEFAULT_MAX_FILE_BYTES},
                 "exclude": {"type": "array", "items": {"type": "string"}},
                 "max_top_k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": config::DEFAULT_MAX_TOP_K},
-                "embeddings": {"type": "boolean", "default": true}
+                "embeddings": {"type": "boolean", "default": true},
+                "rrf_k": {"type": "number", "minimum": 0, "maximum": 1000, "default": config::DEFAULT_RRF_K},
+                "vector_weight": {"type": "number", "minimum": 0, "maximum": 100, "default": config::DEFAULT_VECTOR_WEIGHT}
             },
             "additionalProperties": false
         }))

@@ -66,6 +66,16 @@ struct Args {
     /// query latency and memory at N times the chunks without N times the embedding work.
     #[arg(long, default_value_t = 1)]
     copies: usize,
+    /// Hybrid fusion constant k (default: the plug-in's default).
+    #[arg(long)]
+    rrf_k: Option<f32>,
+    /// Hybrid weight of the vector leg (default: the plug-in's default).
+    #[arg(long)]
+    vector_weight: Option<f32>,
+    /// Also grid-search the hybrid fusion (k × vector weight), reporting each setting on the
+    /// odd and the even questions separately (tune on one half, check on the other).
+    #[arg(long)]
+    grid: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +157,12 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(w) = args.chunk_target_words {
         config["chunk_target_words"] = json!(w);
     }
+    if let Some(k) = args.rrf_k {
+        config["rrf_k"] = json!(k);
+    }
+    if let Some(w) = args.vector_weight {
+        config["vector_weight"] = json!(w);
+    }
     let resolved = RagConfig::from_value(&config).and_then(|c| c.resolve(None)).map_err(|e| e.to_string())?;
     let result = evaluate(args, resolved, &questions, &modes, &root_str, &corpus_str);
     if temporary {
@@ -175,6 +191,14 @@ fn make_copies(corpus: &Path, exclude: &[String], copies: usize, out: &Path) -> 
         }
     }
     out.canonicalize().map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// recall@5 and reciprocal rank (within the top 10) of one question's result documents.
+fn score(docs: &[String], expected: &[String]) -> (f64, f64) {
+    let top5 = &docs[..docs.len().min(5)];
+    let found = expected.iter().filter(|e| top5.contains(e)).count();
+    let rr = docs.iter().take(10).position(|d| expected.contains(d)).map_or(0.0, |r| 1.0 / (r as f64 + 1.0));
+    (found as f64 / expected.len() as f64, rr)
 }
 
 /// Resident memory of this process in MiB.
@@ -261,14 +285,12 @@ fn evaluate(
             latencies.push(t.elapsed().as_secs_f64() * 1000.0);
             let docs: Vec<String> = hits.iter().map(|h| relative(&h.source.path)).collect();
             let top5: Vec<&str> = docs.iter().take(5).map(String::as_str).collect();
-            let found = q.expected.iter().filter(|e| top5.contains(&e.as_str())).count();
-            recall_sum += found as f64 / q.expected.len() as f64;
+            let (recall, rr) = score(&docs, &q.expected);
+            recall_sum += recall;
+            mrr_sum += rr;
             let first = docs.iter().position(|d| q.expected.iter().any(|e| e == d));
-            if let Some(rank) = first {
-                mrr_sum += 1.0 / (rank as f64 + 1.0);
-                if rank == 0 {
-                    hit1 += 1;
-                }
+            if first == Some(0) {
+                hit1 += 1;
             }
             per_question.push(json!({
                 "id": q.id.clone().unwrap_or_else(|| format!("q{}", qi + 1)),
@@ -297,6 +319,37 @@ fn evaluate(
             mode.as_str(),
             json!({"recall@5": recall, "mrr@10": mrr, "hit@1": hit1 as f64 / n, "p50_ms": p50, "p99_ms": p99}),
         );
+    }
+    if args.grid && modes.contains(&Mode::Hybrid) {
+        w(&mut out, "hybrid fusion grid (recall@5 / MRR@10 on odd | even questions):".to_owned())?;
+        for k in [5.0f32, 10.0, 20.0, 60.0] {
+            for weight in [0.5f32, 1.0, 1.5, 2.0, 3.0] {
+                let mut sums = [[0.0f64; 2]; 2];
+                let mut counts = [0usize; 2];
+                for (qi, q) in questions.iter().enumerate() {
+                    let mut query = engine.validate(&q.question, 10, Mode::Hybrid, None).map_err(|e| e.to_string())?;
+                    query.fusion = bkg_plugin_rag::config::Fusion { k, vector_weight: weight };
+                    let hits = engine.query(&query).map_err(|e| e.to_string())?;
+                    let docs: Vec<String> = hits.iter().map(|h| relative(&h.source.path)).collect();
+                    let (recall, rr) = score(&docs, &q.expected);
+                    let half = qi % 2;
+                    sums[half][0] += recall;
+                    sums[half][1] += rr;
+                    counts[half] += 1;
+                }
+                let avg = |h: usize, m: usize| sums[h][m] / counts[h].max(1) as f64;
+                w(
+                    &mut out,
+                    format!(
+                        "  k={k:<4} w_vec={weight:<4} odd {:.3} / {:.3} | even {:.3} / {:.3}",
+                        avg(0, 0),
+                        avg(0, 1),
+                        avg(1, 0),
+                        avg(1, 1)
+                    ),
+                )?;
+            }
+        }
     }
     if let Some(path) = &args.json {
         let body = json!({
