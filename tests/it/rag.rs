@@ -304,7 +304,7 @@ async fn sigkill_during_a_reindex_keeps_the_previous_index_usable() {
 
     // Enough new text that embedding it takes a while.
     std::fs::create_dir_all(root.join("bulk")).unwrap();
-    for i in 0..60 {
+    for i in 0..80 {
         let body: String = (0..4)
             .map(|s| format!("Bulk file {i} sentence {s} mentions zeppelin number {} and more words. ", i * 100 + s))
             .collect();
@@ -342,7 +342,7 @@ async fn sigkill_during_a_reindex_keeps_the_previous_index_usable() {
 
     // A new reindex completes and sees everything.
     let r = reindex(&d, false).await;
-    assert_eq!((&r["added"], &r["unchanged"], &r["files"]), (&json!(60), &json!(4), &json!(64)), "{r}");
+    assert_eq!((&r["added"], &r["unchanged"], &r["files"]), (&json!(80), &json!(4), &json!(84)), "{r}");
     let zeppelin = query(&d, "zeppelin number 4203", "hybrid", 3).await;
     assert_eq!(file_names(&zeppelin)[0], "f042.md", "{zeppelin:?}");
     let (_, s) = d.get("/rag/status").await;

@@ -54,7 +54,8 @@ pub struct LlmConfig {
     pub default_top_p: f64,
     /// Tokens per forward pass during prefill; cancellation is checked between passes.
     pub prefill_chunk: usize,
-    /// How the weights are held: `f32` (default), `f16`, or `quantized` (as in the file).
+    /// How the weights are held: `f32` (default), `f16`, or `quantized` (as in the file, with
+    /// 8-bit activations: faster to load, less memory, less accurate; see `embedded::Weights`).
     pub weights: crate::embedded::Weights,
     /// Settings of the `openai` backend.
     pub openai: Option<Value>,

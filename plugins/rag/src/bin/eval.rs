@@ -72,6 +72,9 @@ struct Args {
     /// Hybrid weight of the vector leg (default: the plug-in's default).
     #[arg(long)]
     vector_weight: Option<f32>,
+    /// Index without the embedding model (BM25 only; for BM25 indexing throughput).
+    #[arg(long)]
+    no_embeddings: bool,
     /// Also grid-search the hybrid fusion (k × vector weight), reporting each setting on the
     /// odd and the even questions separately (tune on one half, check on the other).
     #[arg(long)]
@@ -156,6 +159,9 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if let Some(w) = args.chunk_target_words {
         config["chunk_target_words"] = json!(w);
+    }
+    if args.no_embeddings {
+        config["embeddings"] = json!(false);
     }
     if let Some(k) = args.rrf_k {
         config["rrf_k"] = json!(k);
