@@ -162,7 +162,9 @@ async fn admin_password(store: &Store) -> anyhow::Result<Option<String>> {
     // aggregation; it is shown once on the console of the first start.
     #[allow(clippy::print_stderr)]
     {
-        eprintln!("\n  bkg: first start; created user \"admin\" with password: {pw}\n  (set ADMIN_PASSWORD to choose your own; it is not shown again)\n");
+        eprintln!(
+            "\n  bkg: first start; created user \"admin\" with password: {pw}\n  (set ADMIN_PASSWORD to choose your own; it is not shown again)\n"
+        );
     }
     Ok(Some(pw))
 }

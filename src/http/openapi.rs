@@ -156,7 +156,12 @@ pub const ROUTES: &[RouteDoc] = &[
         "Generate text: {prompt | messages, max_tokens, temperature, top_p, stop, seed, stream?}; SSE token events with stream",
     )),
     route("GET", "/llm/stream", "llm", "WebSocket: several generations per socket by req_id, with cancel"),
-    with_body(route("POST", "/v1/chat/completions", "llm", "OpenAI-compatible chat completions (stream and non-stream)")),
+    with_body(route(
+        "POST",
+        "/v1/chat/completions",
+        "llm",
+        "OpenAI-compatible chat completions (stream and non-stream)",
+    )),
     route("GET", "/v1/models", "llm", "OpenAI-compatible model list"),
 ];
 

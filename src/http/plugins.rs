@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::error::ApiError;
 use super::auth::{audit, caller_event};
+use super::error::ApiError;
 use super::guard::Caller;
 use crate::config::{PluginName, PluginSpec};
 use crate::supervisor::{ControlOp, PluginView};
@@ -106,7 +106,10 @@ pub(super) async fn control(
         state.supervisor().control(&name, op).await?
     };
     tracing::info!(actor = %caller.actor, plugin = %name, action = ?op, state = view.state.as_str(), "plug-in control");
-    let action = format!("plugin.{}", serde_json::to_value(op).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+    let action = format!(
+        "plugin.{}",
+        serde_json::to_value(op).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    );
     let detail = json!({"state": view.state});
     audit(&state, caller_event(&caller, &action, Some(format!("plugin:{name}")), Some(detail))).await;
     Ok(Json(view_json(&view)))

@@ -8,7 +8,7 @@ use std::path::Path;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{TestDaemon, WAIT, alive, fake_spec, marker, pids_with_env, wait_for};
+use crate::support::{TestDaemon, WAIT, alive, fake_spec, marker, pids_with_env};
 
 /// The parent pid of a process, from `/proc/<pid>/stat`.
 fn parent_of(pid: u32) -> Option<u32> {

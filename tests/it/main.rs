@@ -2,9 +2,13 @@
 
 // Helpers are shared between test modules with plain `pub`; nothing here is a public API.
 #![allow(unreachable_pub)]
+// A test crate: a panic is the failure report, in helpers as much as in tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Table-driven tests spell their row types out in place.
+#![allow(clippy::type_complexity)]
 
-mod config_api;
 mod auth;
+mod config_api;
 mod conformance;
 mod control;
 mod lifecycle;

@@ -248,22 +248,7 @@ impl TestDaemon {
     /// Waits for the daemon to exit.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("daemon running");
-        let status = tokio::task::spawn_blocking(move || {
-            let start = Instant::now();
-            loop {
-                if let Some(status) = child.try_wait().expect("try_wait") {
-                    return Some(status);
-                }
-                if start.elapsed() > timeout {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-        .await
-        .unwrap();
+        let status = tokio::task::spawn_blocking(move || poll_exit(&mut child, timeout)).await.unwrap();
         status.unwrap_or_else(|| panic!("daemon did not exit within {timeout:?}"))
     }
 }
@@ -274,6 +259,23 @@ impl Drop for TestDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Polls a child until it exits or `timeout` passes (then kills it); runs on a blocking thread.
+#[allow(clippy::disallowed_methods)] // a plain thread, not a runtime worker
+fn poll_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -21,7 +21,7 @@ const SYSUSERS: &str = include_str!("../../systemd/bkg.sysusers");
 
 /// The value of `Key=` in the unit (the last one wins, as in systemd).
 fn unit_value<'a>(key: &str) -> Option<&'a str> {
-    UNIT.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).last().map(str::trim)
+    UNIT.lines().filter_map(|l| l.strip_prefix(key)?.strip_prefix('=')).next_back().map(str::trim)
 }
 
 #[test]
