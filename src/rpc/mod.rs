@@ -210,6 +210,9 @@ impl RpcClient {
         match outcome {
             Ok(Ok(Ok(raw))) => Ok(raw),
             Ok(Ok(Err(e))) if e.code == codes::OVERLOADED => Err(Error::Overloaded),
+            // The plug-in enforces the same `_meta.deadlineMs` and may answer first: it is the
+            // same deadline, not a plug-in failure.
+            Ok(Ok(Err(e))) if e.code == codes::DEADLINE_EXCEEDED => Err(Error::Timeout(timeout)),
             Ok(Ok(Err(e))) => Err(Error::Remote(e)),
             // The sender was dropped: the connection closed, or the reader cancelled a slow stream.
             Ok(Err(_)) => Err(if self.0.closed.is_cancelled() { Error::Unavailable } else { Error::SlowConsumer }),
