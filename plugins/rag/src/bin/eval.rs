@@ -326,6 +326,24 @@ fn evaluate(
             json!({"recall@5": recall, "mrr@10": mrr, "hit@1": hit1 as f64 / n, "p50_ms": p50, "p99_ms": p99}),
         );
     }
+    // Where vector time goes: the query embedding alone.
+    if let ModelState::Loaded(model) = engine.model() {
+        let mut times = Vec::with_capacity(questions.len());
+        for q in questions {
+            let t = Instant::now();
+            model.embed_one(&q.question).map_err(|e| e.to_string())?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        w(
+            &mut out,
+            format!(
+                "query embedding alone: p50 {:.2} ms, p99 {:.2} ms",
+                percentile(&times, 0.5),
+                percentile(&times, 0.99)
+            ),
+        )?;
+    }
     if args.grid && modes.contains(&Mode::Hybrid) {
         w(&mut out, "hybrid fusion grid (recall@5 / MRR@10 on odd | even questions):".to_owned())?;
         for k in [5.0f32, 10.0, 20.0, 60.0] {
