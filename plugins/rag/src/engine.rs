@@ -447,7 +447,15 @@ impl Engine {
                     embedded = report.embedded,
                     generation = report.generation,
                     ms = report.duration_ms,
-                    "reindex committed"
+                    "reindex committed: {} added, {} changed, {} deleted, {} unchanged, {} skipped; {} chunks, {} embedded, in {} ms",
+                    report.added,
+                    report.changed,
+                    report.deleted,
+                    report.unchanged,
+                    report.skipped,
+                    report.chunks_added,
+                    report.embedded,
+                    report.duration_ms
                 );
                 *lock(&self.last_report) = Some(report.clone());
             }
@@ -545,7 +553,10 @@ impl Engine {
                         total = found.len(),
                         chunks = report.chunks_added,
                         embedded = report.embedded,
-                        "reindex progress"
+                        "reindex progress: {n}/{} files, {} chunks, {} embedded",
+                        found.len(),
+                        report.chunks_added,
+                        report.embedded
                     );
                     last_log = Instant::now();
                 }
