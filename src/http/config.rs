@@ -86,14 +86,10 @@ fn restore_secrets(posted: &mut Value, stored: Option<&Value>, secret: bool, pat
     }
 }
 
-fn unknown(name: &str) -> ApiError {
-    ApiError::NotFound(format!("no plug-in named {name:?}"))
-}
-
 /// Store errors, with "not found" phrased for this plug-in.
 fn from_store(name: &str, e: store::Error) -> ApiError {
     match e {
-        store::Error::NotFound => unknown(name),
+        store::Error::NotFound => ApiError::unknown_plugin(name),
         other => other.into(),
     }
 }
@@ -159,7 +155,7 @@ pub(super) async fn post(
     let guard = state.config_lock().lock().await;
     let current = state.store().current_config(name.clone()).await.map_err(|e| from_store(&name, e))?;
     let snapshot = state.supervisor().snapshot();
-    let view = snapshot.get(&name).ok_or_else(|| unknown(&name))?;
+    let view = snapshot.get(&name).ok_or_else(|| ApiError::unknown_plugin(&name))?;
     if let Some(base) = body.version
         && base != current.version
     {

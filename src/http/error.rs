@@ -43,6 +43,11 @@ impl ApiError {
         Self::BadRequest { field: field.into(), reason: reason.into() }
     }
 
+    /// The 404 for a plug-in name the daemon does not know.
+    pub fn unknown_plugin(name: &str) -> Self {
+        Self::NotFound(format!("no plug-in named {name:?}"))
+    }
+
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),

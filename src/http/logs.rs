@@ -559,7 +559,7 @@ pub(super) async fn plugin(
     let log = match state.logs().get(&name) {
         Some(log) => log,
         None if state.supervisor().snapshot().get(&name).is_some() => state.logs().plugin(&name),
-        None => return Err(ApiError::NotFound(format!("no plug-in named {name:?}"))),
+        None => return Err(ApiError::unknown_plugin(&name)),
     };
     if opts.json {
         let after = opts.after.as_ref().and_then(|c| match c {

@@ -66,7 +66,7 @@ pub(super) async fn get(
 ) -> Result<Json<Value>, ApiError> {
     parse_name(&name)?;
     let snapshot = state.supervisor().snapshot();
-    let view = snapshot.get(&name).ok_or_else(|| ApiError::NotFound(format!("no plug-in named {name:?}")))?;
+    let view = snapshot.get(&name).ok_or_else(|| ApiError::unknown_plugin(&name))?;
     let mut body = view_json(view);
     let lines = state.logs().get(&name).map(|log| log.tail(DETAIL_LOG_LINES)).unwrap_or_default();
     body["last_lines"] = json!(lines);
@@ -143,7 +143,7 @@ pub(super) async fn remove(
 ) -> Result<StatusCode, ApiError> {
     parse_name(&name)?;
     if state.supervisor().snapshot().get(&name).is_none() {
-        return Err(ApiError::NotFound(format!("no plug-in named {name:?}")));
+        return Err(ApiError::unknown_plugin(&name));
     }
     state.persist_removal(&name).await?;
     state.supervisor().remove(&name).await?;
@@ -175,7 +175,7 @@ pub(super) async fn rpc(
     parse_name(&name)?;
     let Json(body) = body.map_err(super::json_rejection)?;
     let snapshot = state.supervisor().snapshot();
-    let view = snapshot.get(&name).ok_or_else(|| ApiError::NotFound(format!("no plug-in named {name:?}")))?;
+    let view = snapshot.get(&name).ok_or_else(|| ApiError::unknown_plugin(&name))?;
     let params = match body.params {
         None => json!({}),
         Some(p @ Value::Object(_)) => p,
