@@ -5,12 +5,16 @@
 //! `value` is what the daemon uses now, `stored` what the database holds (`null` if never set),
 //! `overrides` the fields a flag or env variable set at start (they win again at the next start).
 
+use std::time::Duration;
+
 use axum::Json;
+use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use tower::{Layer, ServiceExt};
 
@@ -92,14 +96,24 @@ pub(super) async fn put(
     Ok(Json(view(&state, &next, group, Some(&stored))))
 }
 
+/// How much of a refused body is read and thrown away so that the client, still writing it, gets
+/// to read the 413 instead of a connection reset (nginx's "lingering close").
+const LINGER_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// How long a refused body is drained at most.
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
 /// Middleware: enforces `security.body_limit_bytes` on every request. A declared
-/// `Content-Length` over the limit is refused before the body is read; a chunked body is cut off
-/// at the limit by the body extractors (both 413).
+/// `Content-Length` over the limit is refused without being parsed (the body is drained, within
+/// [`LINGER_MAX_BYTES`] and [`LINGER_TIME`], so the client reads the answer); a chunked body is
+/// cut off at the limit by the body extractors (both 413).
 pub(super) async fn body_limit(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let limit = state.settings().body_limit();
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut response = if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= LINGER_MAX_BYTES) {
+            drain(req.into_body()).await;
+        }
         ApiError::PayloadTooLarge(limit).into_response()
     } else {
         // This layer sits inside the router's default limit, so its value is the one extractors
@@ -115,4 +129,10 @@ pub(super) async fn body_limit(State(state): State<AppState>, req: Request, next
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// Reads a body to its end and discards it, giving up after [`LINGER_TIME`] or on an error.
+async fn drain(body: Body) {
+    let mut frames = body.into_data_stream();
+    let _ = tokio::time::timeout(LINGER_TIME, async { while let Some(Ok(_)) = frames.next().await {} }).await;
 }

@@ -561,7 +561,8 @@ async fn settings_apply_at_runtime_persist_and_yield_to_flags_and_env() {
     assert_eq!(body["value"], json!({"level": "debug"}));
     assert_eq!(body["stored"], json!({"level": "debug"}));
     assert!(body["updated_by"].as_str().is_some_and(|a| !a.is_empty()), "{body}");
-    assert!(d.logs().iter().any(|l| l.contains(marker)), "the change is logged");
+    wait_for("the change is logged", WAIT, || async { d.logs().iter().any(|l| l.contains(marker)).then_some(()) })
+        .await;
     // The operator rpc route logs at debug level, and the level reached the plug-in too: echo
     // logs each call at debug level.
     let (status, _) = d.rpc("echo", "echo.upper", json!({"text": "a"}), None).await;

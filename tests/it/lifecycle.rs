@@ -184,7 +184,10 @@ async fn daemon_sigterm_stops_every_plugin_and_exits_zero() {
     assert!(pids_with_env("TEST_MARKER", &m).is_empty());
     assert!(!alive(echo_pid));
     assert!(grandchildren.iter().all(|g| !alive(*g)));
-    assert!(d.logs().iter().any(|l| l.contains("all plug-ins stopped")));
+    wait_for("the last log line", WAIT, || async {
+        d.logs().iter().any(|l| l.contains("all plug-ins stopped")).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
