@@ -48,7 +48,7 @@ impl ApiError {
         Self::NotFound(format!("no plug-in named {name:?}"))
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
@@ -70,6 +70,7 @@ impl From<supervisor::Error> for ApiError {
             supervisor::Error::NotFound(_) => ApiError::NotFound(e.to_string()),
             supervisor::Error::AlreadyExists(_) | supervisor::Error::Conflict(_) => ApiError::Conflict(e.to_string()),
             supervisor::Error::ShuttingDown => ApiError::Unavailable(e.to_string()),
+            supervisor::Error::UnknownDependency(_) => ApiError::bad_request("after", e.to_string()),
         }
     }
 }

@@ -650,7 +650,7 @@ mod tests {
     fn tail_then_live_without_gap_or_duplicate() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         log_n(&mut sink, 0, 10);
         let mut s = LogStream::plugin(Arc::clone(&log), &opts(3, None, Filter::default()));
         log_n(&mut sink, 10, 2);
@@ -661,7 +661,7 @@ mod tests {
     fn tail_zero_sends_only_new_lines() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         log_n(&mut sink, 0, 5);
         let mut s = LogStream::plugin(Arc::clone(&log), &opts(0, None, Filter::default()));
         assert!(ready(&mut s).is_empty());
@@ -673,7 +673,7 @@ mod tests {
     fn resume_skips_what_was_seen_and_reports_ring_overflow() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         log_n(&mut sink, 0, 20);
         let mut s = LogStream::plugin(Arc::clone(&log), &opts(100, Some(Cursor::Seq(15)), Filter::default()));
         assert_eq!(seqs(&ready(&mut s)), vec![16, 17, 18, 19, 20]);
@@ -690,7 +690,7 @@ mod tests {
     fn a_resume_id_from_a_previous_run_replays_the_ring() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         log_n(&mut sink, 0, 3);
         let mut s = LogStream::plugin(Arc::clone(&log), &opts(100, Some(Cursor::Seq(999)), Filter::default()));
         assert_eq!(seqs(&ready(&mut s)), vec![1, 2, 3]);
@@ -700,7 +700,7 @@ mod tests {
     fn a_lagging_client_recovers_from_the_ring_then_gets_a_gap() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         let mut s = LogStream::plugin(Arc::clone(&log), &opts(0, None, Filter::default()));
         // More than the broadcast holds but less than the ring: nothing is lost.
         log_n(&mut sink, 0, 4_500);
@@ -721,7 +721,7 @@ mod tests {
     fn filters_apply_to_backlog_and_live_lines() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         sink.line(b"[WARN] disk low", false);
         sink.line(b"[INFO] disk fine", false);
         sink.line(b"[ERROR] disk gone", false);
@@ -739,7 +739,7 @@ mod tests {
     fn merged_cursor_resumes_exactly() {
         let hub = LogHub::new();
         let (a, b) = (hub.plugin("a"), hub.plugin("b"));
-        let (mut sa, mut sb) = (LogSink::new(Arc::clone(&a)), LogSink::new(Arc::clone(&b)));
+        let (mut sa, mut sb) = (LogSink::new(Arc::clone(&a), "stderr"), LogSink::new(Arc::clone(&b), "stderr"));
         log_n(&mut sa, 0, 3);
         log_n(&mut sb, 0, 2);
         let mut s = LogStream::all(hub.clone(), None, &opts(2, None, Filter::default()));
@@ -846,7 +846,7 @@ mod tests {
     async fn chunks_are_valid_sse_and_end_on_shutdown() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         log_n(&mut sink, 0, 2);
         sink.line(b"[WARN] x", false);
         let mut s = LogStream::plugin(Arc::clone(&log), &opts(100, Some(Cursor::Seq(0)), Filter::default()));

@@ -11,7 +11,7 @@ use super::AppState;
 use super::auth::{audit, caller_event};
 use super::error::ApiError;
 use super::guard::Caller;
-use crate::config::{PluginName, PluginSpec};
+use crate::config::{PluginName, PluginSpec, Protocol};
 use crate::supervisor::{ControlOp, PluginView};
 
 /// Lines of recent stderr shown in the detail view.
@@ -42,10 +42,13 @@ pub(super) fn view_json(v: &PluginView) -> Value {
         })),
         "next_restart_at": time(v.next_restart_at),
         "reason": v.reason,
+        "waiting_for": v.waiting_for,
         "health": v.health,
         "version": v.version,
         "methods": v.methods,
         "launch": v.spec.launch,
+        "protocol": v.spec.protocol,
+        "after": v.spec.after,
     })
 }
 
@@ -185,6 +188,9 @@ pub(super) async fn rpc(
         && (ms == 0 || ms > MAX_RPC_TIMEOUT_MS)
     {
         return Err(ApiError::bad_request("timeout_ms", format!("must be between 1 and {MAX_RPC_TIMEOUT_MS}")));
+    }
+    if view.spec.protocol == Protocol::None {
+        return Err(ApiError::Conflict(format!("{name} is a plain process (protocol \"none\"): it takes no calls")));
     }
     let client = state
         .supervisor()

@@ -198,15 +198,18 @@ impl LogHub {
     }
 }
 
-/// Turns raw stderr pieces of one plug-in process into lines in its [`PluginLog`].
+/// Turns raw pieces of one pipe (stderr, or a plain process's stdout) into lines in its
+/// [`PluginLog`], tagged with the pipe's name.
 pub struct LogSink {
     log: Arc<PluginLog>,
     parser: Parser,
+    stream: &'static str,
 }
 
 impl LogSink {
-    pub fn new(log: Arc<PluginLog>) -> Self {
-        Self { log, parser: Parser::default() }
+    /// `stream`: `"stderr"` or `"stdout"`.
+    pub fn new(log: Arc<PluginLog>, stream: &'static str) -> Self {
+        Self { log, parser: Parser::default(), stream }
     }
 
     /// Handles one line (or one piece of an over-long line). Never waits.
@@ -223,7 +226,7 @@ impl LogSink {
             level: parsed.level,
             msg: parsed.msg,
             fields: parsed.fields,
-            stream: "stderr",
+            stream: self.stream,
             raw: parsed.raw,
             truncated,
         };
@@ -356,7 +359,7 @@ mod tests {
     fn subscribe_continues_exactly_after_backlog() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         for i in 0..10 {
             sink.line(format!("line {i}").as_bytes(), false);
         }
@@ -372,7 +375,7 @@ mod tests {
     fn rate_limit_drops_and_announces() {
         let hub = LogHub::new();
         let log = hub.plugin("p");
-        let mut sink = LogSink::new(Arc::clone(&log));
+        let mut sink = LogSink::new(Arc::clone(&log), "stderr");
         let t0 = Instant::now();
         let admitted = (0..RATE_BURST as usize + 500).filter(|_| log.admit(t0).is_some()).count();
         assert_eq!(admitted, RATE_BURST as usize);

@@ -4,6 +4,11 @@
 //! tasks, and backoff timers. Each input goes through the pure state machine (`state.rs`), and
 //! the resulting actions are the only place where instance tasks are started or stopped. After
 //! every input the actor publishes a fresh [`Snapshot`]. The actor never awaits I/O itself.
+//!
+//! `after:` dependencies: a start (or enable) of an entry whose dependencies are not all ready
+//! leaves it `stopped` and *waiting*; it starts when the last of them becomes ready. At daemon
+//! shutdown an entry is stopped only once everything that depends on it has stopped, and
+//! `apikeys` stops last of all. Operator stops and restarts do not cascade.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -35,6 +40,8 @@ struct Entry {
     last_exit_at: Option<SystemTime>,
     /// Set when the entry was removed while its process still ran.
     removed: bool,
+    /// A start is pending until its `after:` dependencies are ready.
+    waiting: bool,
 }
 
 struct Instance {
@@ -47,7 +54,6 @@ struct Instance {
 
 struct ShutdownProgress {
     replies: Vec<oneshot::Sender<()>>,
-    last_phase_started: bool,
 }
 
 pub(super) struct SupervisorActor {
@@ -95,8 +101,13 @@ impl SupervisorActor {
         let names: Vec<String> =
             self.entries.iter().filter(|e| e.spec.enabled).map(|e| e.spec.name.to_string()).collect();
         for name in names {
-            self.apply(&name, Event::Start);
+            if let Some(idx) = self.index(&name)
+                && let Err(e) = self.start_when_ready(idx, Event::Start)
+            {
+                tracing::debug!(plugin = name, error = %e, "start refused");
+            }
         }
+        self.release_waiting();
         self.publish();
         loop {
             // Every branch only updates in-memory state and starts tasks; none of them awaits
@@ -117,6 +128,7 @@ impl SupervisorActor {
                     }
                 }
             }
+            self.release_waiting();
             self.advance_shutdown();
             self.publish();
             if self.shutdown.is_some() && self.all_stopped() {
@@ -189,16 +201,67 @@ impl SupervisorActor {
     }
 
     fn control(&mut self, name: &str, op: ControlOp) -> Result<PluginView, Error> {
-        let event = match op {
-            ControlOp::Start => Event::Start,
-            ControlOp::Stop => Event::Stop,
-            ControlOp::Restart => Event::Restart,
-            ControlOp::Enable => Event::Enable,
-            ControlOp::Disable => Event::Disable,
-        };
         let idx = self.index(name).ok_or_else(|| Error::NotFound(name.to_owned()))?;
-        self.apply_at(idx, event)?;
+        match op {
+            ControlOp::Start => self.start_when_ready(idx, Event::Start)?,
+            ControlOp::Enable => self.start_when_ready(idx, Event::Enable { start: true })?,
+            ControlOp::Restart => self.apply_at(idx, Event::Restart)?,
+            ControlOp::Stop | ControlOp::Disable => {
+                self.entries[idx].waiting = false;
+                let event = if op == ControlOp::Stop { Event::Stop } else { Event::Disable };
+                self.apply_at(idx, event)?;
+            }
+        }
         Ok(self.view(&self.entries[idx]))
+    }
+
+    fn unmet_dependencies(&self, idx: usize) -> Vec<String> {
+        self.unmet_dependencies_of(&self.entries[idx])
+    }
+
+    /// Names of the `after:` dependencies of an entry that are not ready (or degraded) now.
+    fn unmet_dependencies_of(&self, entry: &Entry) -> Vec<String> {
+        entry
+            .spec
+            .after
+            .iter()
+            .filter(|dep| {
+                self.index(dep.as_str())
+                    .is_none_or(|d| !matches!(self.entries[d].slot.state, State::Ready | State::Degraded))
+            })
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Applies a start or enable now if the dependencies are ready; otherwise marks the entry
+    /// waiting (an enable still leaves `disabled`).
+    fn start_when_ready(&mut self, idx: usize, event: Event) -> Result<(), Error> {
+        let idle = matches!(self.entries[idx].slot.state, State::Stopped | State::Failed | State::Disabled);
+        if !idle || self.unmet_dependencies(idx).is_empty() {
+            return self.apply_at(idx, event);
+        }
+        if let Event::Enable { .. } = event {
+            self.apply_at(idx, Event::Enable { start: false })?;
+        } else if self.entries[idx].slot.state == State::Disabled {
+            // Refused by the state machine, as without dependencies.
+            return self.apply_at(idx, event);
+        }
+        self.entries[idx].waiting = true;
+        Ok(())
+    }
+
+    /// Starts every waiting entry whose dependencies are now all ready.
+    fn release_waiting(&mut self) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        let due: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| self.entries[i].waiting && self.unmet_dependencies(i).is_empty())
+            .collect();
+        for idx in due {
+            self.entries[idx].waiting = false;
+            self.apply_at_quiet(idx, Event::Start);
+        }
     }
 
     fn register(&mut self, spec: PluginSpec) -> Result<PluginView, Error> {
@@ -206,11 +269,15 @@ impl SupervisorActor {
         if self.index(&name).is_some() || self.entries.iter().any(|e| e.spec.name.as_str() == name) {
             return Err(Error::AlreadyExists(name));
         }
+        // Only existing entries can be named, so a new entry cannot close a cycle.
+        if let Some(dep) = spec.after.iter().find(|dep| self.index(dep.as_str()).is_none()) {
+            return Err(Error::UnknownDependency(dep.to_string()));
+        }
         let enabled = spec.enabled;
         self.entries.push(new_entry(spec));
         let idx = self.entries.len() - 1;
         if enabled {
-            self.apply_at(idx, Event::Start)?;
+            self.start_when_ready(idx, Event::Start)?;
         }
         Ok(self.view(&self.entries[idx]))
     }
@@ -236,6 +303,14 @@ impl SupervisorActor {
 
     fn remove(&mut self, name: &str) -> Result<(), Error> {
         let idx = self.index(name).ok_or_else(|| Error::NotFound(name.to_owned()))?;
+        let dependents = self.dependents(idx);
+        if !dependents.is_empty() {
+            let names: Vec<&str> = dependents.iter().map(|d| self.entries[*d].spec.name.as_str()).collect();
+            return Err(Error::Conflict(format!(
+                "{} depend(s) on {name} (\"after\"); remove them or their dependency first",
+                names.join(", ")
+            )));
+        }
         let _ = self.apply_at(idx, Event::Stop);
         if self.entries[idx].instance.is_some() {
             // Forget it once its process has been reaped.
@@ -339,11 +414,11 @@ impl SupervisorActor {
                 let Some(idx) = self.entries.iter().position(|e| e.spec.name == name) else { return };
                 let entry = &mut self.entries[idx];
                 if let Some(inst) = entry.instance.as_mut().filter(|i| i.generation == generation) {
-                    inst.client = Some(client);
+                    inst.client = client;
                 }
-                entry.methods = init.methods.keys().cloned().collect();
-                entry.version = Some(init.plugin.version.clone());
-                entry.config_schema = init.capabilities.config_schema.clone();
+                entry.methods = init.as_ref().map(|i| i.methods.keys().cloned().collect()).unwrap_or_default();
+                entry.version = init.as_ref().map(|i| i.plugin.version.clone());
+                entry.config_schema = init.and_then(|i| i.capabilities.config_schema);
                 entry.ready_at = Some(SystemTime::now());
                 entry.health = Some(Health::serving());
                 self.apply_at_quiet(idx, Event::Ready { generation });
@@ -389,44 +464,42 @@ impl SupervisorActor {
     }
 
     fn begin_shutdown(&mut self, reply: Option<oneshot::Sender<()>>) {
-        let progress =
-            self.shutdown.get_or_insert_with(|| ShutdownProgress { replies: vec![], last_phase_started: false });
+        let progress = self.shutdown.get_or_insert_with(|| ShutdownProgress { replies: vec![] });
         progress.replies.extend(reply);
-        // Phase 1: everything except the plug-in that stops last, in parallel (protocol.md §2.12).
-        let first: Vec<usize> =
-            (0..self.entries.len()).filter(|i| self.entries[*i].spec.name.as_str() != STOPS_LAST).collect();
-        for idx in first {
-            self.apply_at_quiet(idx, Event::Stop);
+        for entry in &mut self.entries {
+            entry.waiting = false;
         }
         self.advance_shutdown();
     }
 
+    /// Stops, in parallel, every entry that nothing running depends on any more: dependents
+    /// before their `after:` dependencies, and [`STOPS_LAST`] after all others (protocol.md
+    /// §2.12). Called after every input until everything has stopped.
     fn advance_shutdown(&mut self) {
-        let Some(progress) = &self.shutdown else { return };
-        if progress.last_phase_started {
+        if self.shutdown.is_none() {
             return;
         }
-        let others_done = self
-            .entries
-            .iter()
-            .filter(|e| e.spec.name.as_str() != STOPS_LAST)
-            .all(|e| e.instance.is_none() && !e.slot.state.is_running());
-        if !others_done {
-            return;
-        }
-        if let Some(progress) = &mut self.shutdown {
-            progress.last_phase_started = true;
-        }
-        // Phase 2: the plug-in that stops last.
-        let last: Vec<usize> =
-            (0..self.entries.len()).filter(|i| self.entries[*i].spec.name.as_str() == STOPS_LAST).collect();
-        for idx in last {
+        let others_done = self.entries.iter().filter(|e| e.spec.name.as_str() != STOPS_LAST).all(is_down);
+        let due: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| !is_down(&self.entries[i]) && self.entries[i].slot.state != State::Stopping)
+            .filter(|&i| self.entries[i].spec.name.as_str() != STOPS_LAST || others_done)
+            .filter(|&i| self.dependents(i).iter().all(|&d| is_down(&self.entries[d])))
+            .collect();
+        for idx in due {
             self.apply_at_quiet(idx, Event::Stop);
         }
     }
 
+    /// Entries that list entry `idx` in their `after:`.
+    fn dependents(&self, idx: usize) -> Vec<usize> {
+        let name = &self.entries[idx].spec.name;
+        (0..self.entries.len())
+            .filter(|&i| !self.entries[i].removed && self.entries[i].spec.after.contains(name))
+            .collect()
+    }
+
     fn all_stopped(&self) -> bool {
-        self.entries.iter().all(|e| e.instance.is_none() && !e.slot.state.is_running())
+        self.entries.iter().all(is_down)
     }
 
     fn force_all(&mut self) {
@@ -459,9 +532,17 @@ impl SupervisorActor {
             next_restart_at: slot.next_restart_at.map(to_system_time),
             last_exit: slot.last_exit.clone(),
             last_exit_at: entry.last_exit_at,
-            reason: slot.reason.clone().or_else(|| {
-                entry.health.as_ref().filter(|h| h.status != HealthStatus::Serving).and_then(|h| h.detail.clone())
-            }),
+            waiting_for: if entry.waiting { self.unmet_dependencies_of(entry) } else { vec![] },
+            reason: slot
+                .reason
+                .clone()
+                .or_else(|| {
+                    entry.health.as_ref().filter(|h| h.status != HealthStatus::Serving).and_then(|h| h.detail.clone())
+                })
+                .or_else(|| {
+                    let deps = self.unmet_dependencies_of(entry);
+                    (entry.waiting && !deps.is_empty()).then(|| format!("waiting for {} to be ready", deps.join(", ")))
+                }),
             health: entry.health.clone(),
             methods: entry.methods.clone(),
             version: entry.version.clone(),
@@ -470,6 +551,11 @@ impl SupervisorActor {
             client: inst.and_then(|i| i.client.clone()),
         }
     }
+}
+
+/// No process and none on the way.
+fn is_down(entry: &Entry) -> bool {
+    entry.instance.is_none() && !entry.slot.state.is_running()
 }
 
 fn new_entry(spec: PluginSpec) -> Entry {
@@ -484,6 +570,7 @@ fn new_entry(spec: PluginSpec) -> Entry {
         ready_at: None,
         last_exit_at: None,
         removed: false,
+        waiting: false,
     }
 }
 

@@ -17,14 +17,16 @@ use bkg_plugin_sdk::protocol::{self, Health, HealthStatus, InitializeResult, cod
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::json;
-use tokio::process::{Child, ChildStderr};
+use tokio::io::AsyncRead;
+use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
+use super::plain;
 use super::process::{self, SpawnError};
 use super::state::ExitInfo;
-use crate::config::{Launch, PluginName, PluginSpec};
+use crate::config::{Launch, PluginName, PluginSpec, Protocol};
 use crate::logs::{Level, LogSink, MAX_LINE_BYTES, PluginLog};
 use crate::rpc::{self, CallOptions, ClientConfig, RpcClient};
 
@@ -41,10 +43,28 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// What an instance reports to the actor.
 #[derive(Debug)]
 pub(super) enum InstanceEvent {
-    Spawned { name: PluginName, generation: u64, pid: u32 },
-    Ready { name: PluginName, generation: u64, client: RpcClient, init: Box<InitializeResult> },
-    Health { name: PluginName, generation: u64, health: Health },
-    Exited { name: PluginName, generation: u64, exit: ExitInfo },
+    Spawned {
+        name: PluginName,
+        generation: u64,
+        pid: u32,
+    },
+    /// Ready to serve; an svp/1 plug-in brings its client and handshake, a plain process neither.
+    Ready {
+        name: PluginName,
+        generation: u64,
+        client: Option<RpcClient>,
+        init: Option<Box<InitializeResult>>,
+    },
+    Health {
+        name: PluginName,
+        generation: u64,
+        health: Health,
+    },
+    Exited {
+        name: PluginName,
+        generation: u64,
+        exit: ExitInfo,
+    },
 }
 
 /// Everything an instance needs; built by the actor.
@@ -64,7 +84,7 @@ pub(super) struct InstanceCtx {
 }
 
 /// How the running phase ended.
-enum Ending {
+pub(super) enum Ending {
     Exited(ExitStatus),
     StopRequested,
     Kill { reason: String, fatal: bool },
@@ -83,8 +103,12 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
     let spec = Arc::clone(&ctx.spec);
     let work_dir = ctx.work_dir.clone();
     let level = ctx.log_level.clone();
+    let instance = format!("{}#{}", ctx.spec.name, ctx.generation);
+    let marker = instance.clone();
+    // Lines of this process start here (a log readiness probe looks only at these).
+    let first_seq = ctx.log.next_seq();
     // Hashing the executable for the sha256 pin is blocking file I/O.
-    let spawned = tokio::task::spawn_blocking(move || process::spawn(&spec, &work_dir, &level)).await;
+    let spawned = tokio::task::spawn_blocking(move || process::spawn(&spec, &work_dir, &level, &marker)).await;
     let mut child = match spawned {
         Ok(Ok(child)) => child,
         Ok(Err(e)) => return fatal_spawn(e),
@@ -93,27 +117,38 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
     let Some(pid) = child.id() else {
         return ExitInfo { code: None, signal: None, reason: "child exited before it had a pid".into(), fatal: false };
     };
-    let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-    else {
+    let svp = ctx.spec.protocol == Protocol::Svp1;
+    let stdin = if svp { child.stdin.take() } else { None };
+    let (Some(stdout), Some(stderr), true) = (child.stdout.take(), child.stderr.take(), stdin.is_some() || !svp) else {
         process::signal_group(pid, Signal::SIGKILL);
         let _ = child.wait().await;
         return ExitInfo { code: None, signal: None, reason: "child stdio was not piped".into(), fatal: true };
     };
     // stderr is drained from the first moment, always: an undrained pipe blocks the child after
-    // 64 KiB (protocol.md §1 E).
-    let stderr_done = tokio::spawn(drain_stderr(stderr, LogSink::new(Arc::clone(&ctx.log))));
-    let client = RpcClient::start(
-        stdout,
-        stdin,
-        ClientConfig { default_timeout: ctx.spec.timeouts.call(), ..ClientConfig::default() },
-    );
+    // 64 KiB (protocol.md §1 E). A plain process's stdout is a log stream too.
+    let mut drains = vec![tokio::spawn(drain_lines(stderr, LogSink::new(Arc::clone(&ctx.log), "stderr")))];
+    let client = match stdin {
+        Some(stdin) => Some(RpcClient::start(
+            stdout,
+            stdin,
+            ClientConfig { default_timeout: ctx.spec.timeouts.call(), ..ClientConfig::default() },
+        )),
+        None => {
+            drains.push(tokio::spawn(drain_lines(stdout, LogSink::new(Arc::clone(&ctx.log), "stdout"))));
+            None
+        }
+    };
     LogSink::note(&ctx.log, Level::Info, format!("process started (pid {pid}, generation {})", ctx.generation));
     let _ = ctx.events.send(InstanceEvent::Spawned { name: ctx.spec.name.clone(), generation: ctx.generation, pid });
 
-    let ending = supervise(ctx, &client, &mut child).await;
+    let ending = match &client {
+        Some(client) => supervise(ctx, client, &mut child).await,
+        None => plain::supervise(ctx, &mut child, first_seq).await,
+    };
+    let on_its_own = matches!(ending, Ending::Exited(_));
     let status = match ending {
         Ending::Exited(status) => Ok(status),
-        Ending::StopRequested => stop_gracefully(ctx, &client, &mut child, pid).await,
+        Ending::StopRequested => stop_gracefully(ctx, client.as_ref(), &mut child, pid).await,
         Ending::Kill { reason, fatal } => {
             tracing::warn!(plugin = %ctx.spec.name, %reason, "killing plug-in");
             process::signal_group(pid, Signal::SIGKILL);
@@ -121,17 +156,36 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
             Err((reason, fatal, status))
         }
     };
-    // Whatever happened, nothing of this process group survives it: grandchildren that ignored
-    // SIGTERM or that the plug-in never told about its exit are killed here.
+    // Processes of this instance still running after its main process exited on its own: it
+    // forked into the background. Found by the marker in their environment, even outside the
+    // process group (`setsid`).
+    let left_behind = if on_its_own { process::instance_members(&instance) } else { vec![] };
+    // Whatever happened, nothing of this instance survives it: grandchildren that ignored
+    // SIGTERM, that the plug-in never told about its exit, or that left the group, are killed.
     process::signal_group(pid, Signal::SIGKILL);
-    client.close_stdin();
-    // Let the last stderr lines (a panic message) reach the ring before reporting the exit.
-    let _ = tokio::time::timeout(Duration::from_secs(1), stderr_done).await;
-    match status {
+    for leftover in process::instance_members(&instance) {
+        process::kill_process(leftover);
+    }
+    if let Some(client) = &client {
+        client.close_stdin();
+    }
+    // Let the last lines (a panic message) reach the ring before reporting the exit.
+    let _ = tokio::time::timeout(Duration::from_secs(1), futures_util::future::join_all(drains)).await;
+    let mut exit = match status {
         Ok(status) => exit_info(status, String::new(), false),
         Err((reason, fatal, Some(status))) => exit_info(status, reason, fatal),
         Err((reason, fatal, None)) => ExitInfo { code: None, signal: None, reason, fatal },
+    };
+    if !left_behind.is_empty() {
+        exit.reason = format!(
+            "{}, leaving {} process(es) running (pid {}): it daemonized; supervised programs must stay in \
+             the foreground (look for a --foreground / --nodaemon / -f option). They were killed.",
+            exit.reason,
+            left_behind.len(),
+            left_behind.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        );
     }
+    exit
 }
 
 fn fatal_spawn(e: SpawnError) -> ExitInfo {
@@ -173,8 +227,8 @@ async fn supervise(ctx: &InstanceCtx, client: &RpcClient, child: &mut Child) -> 
     let _ = ctx.events.send(InstanceEvent::Ready {
         name: ctx.spec.name.clone(),
         generation: ctx.generation,
-        client: client.clone(),
-        init: Box::new(init),
+        client: Some(client.clone()),
+        init: Some(Box::new(init)),
     });
 
     let (verdict_tx, mut verdicts) = mpsc::channel(8);
@@ -291,7 +345,8 @@ async fn handshake(ctx: &InstanceCtx, client: &RpcClient) -> Result<InitializeRe
     }
 }
 
-enum Verdict {
+/// What a monitor task tells the instance.
+pub(super) enum Verdict {
     Health(Health),
     Kill(String),
 }
@@ -363,30 +418,38 @@ async fn monitor(spec: Arc<PluginSpec>, client: RpcClient, out: mpsc::Sender<Ver
     }
 }
 
-/// `shutdown` → close stdin → SIGTERM → SIGKILL, each step bounded (protocol.md §2.12).
+/// svp/1: `shutdown` → close stdin → stop signal → SIGKILL, each step bounded (protocol.md
+/// §2.12). A plain process (no client) starts at the stop signal.
 async fn stop_gracefully(
     ctx: &InstanceCtx,
-    client: &RpcClient,
+    client: Option<&RpcClient>,
     child: &mut Child,
     pid: u32,
 ) -> Result<ExitStatus, (String, bool, Option<ExitStatus>)> {
     let t = &ctx.spec.timeouts;
-    client.begin_shutdown();
-    if !client.is_closed() {
-        let options = CallOptions { timeout: Some(t.shutdown()), stream: None };
-        tokio::select! {
-            _ = client.call(methods::SHUTDOWN, json!({}), options) => {}
-            status = child.wait() => return status.map_err(|e| (e.to_string(), false, None)),
-            () = ctx.force.cancelled() => {}
+    if let Some(client) = client {
+        client.begin_shutdown();
+        if !client.is_closed() {
+            let options = CallOptions { timeout: Some(t.shutdown()), stream: None };
+            tokio::select! {
+                _ = client.call(methods::SHUTDOWN, json!({}), options) => {}
+                status = child.wait() => return status.map_err(|e| (e.to_string(), false, None)),
+                () = ctx.force.cancelled() => {}
+            }
         }
-    }
-    client.close_stdin();
-    if !ctx.force.is_cancelled() {
-        if let Some(status) = wait_or_force(child, t.stop_grace(), &ctx.force).await {
+        client.close_stdin();
+        if !ctx.force.is_cancelled()
+            && let Some(status) = wait_or_force(child, t.stop_grace(), &ctx.force).await
+        {
             return Ok(status);
         }
-        LogSink::note(&ctx.log, Level::Warn, "did not exit after stdin closed; sending SIGTERM to its process group");
-        process::signal_group(pid, Signal::SIGTERM);
+    }
+    if !ctx.force.is_cancelled() {
+        let signal = ctx.spec.stop_signal();
+        let (level, why) =
+            if client.is_some() { (Level::Warn, "did not exit after stdin closed; ") } else { (Level::Info, "") };
+        LogSink::note(&ctx.log, level, format!("{why}sending {} to its process group", signal.as_str()));
+        process::signal_group(pid, signal);
         if let Some(status) = wait_or_force(child, t.stop_grace(), &ctx.force).await {
             return Ok(status);
         }
@@ -410,9 +473,9 @@ async fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> 
     tokio::time::timeout(limit, child.wait()).await.ok().and_then(Result::ok)
 }
 
-/// Reads stderr to EOF into the plug-in's log, never stalling the child.
-async fn drain_stderr(stderr: ChildStderr, mut sink: LogSink) {
-    let mut frames = FramedRead::with_capacity(stderr, LineDecoder::new(MAX_LINE_BYTES, Overflow::Split), 64 * 1024);
+/// Reads a pipe to EOF into the plug-in's log, never stalling the child.
+async fn drain_lines(pipe: impl AsyncRead + Unpin, mut sink: LogSink) {
+    let mut frames = FramedRead::with_capacity(pipe, LineDecoder::new(MAX_LINE_BYTES, Overflow::Split), 64 * 1024);
     while let Some(frame) = frames.next().await {
         match frame {
             Ok(Frame::Line(line)) => sink.line(&line, false),

@@ -4,6 +4,7 @@
 //! - `actor`: the single task that owns every plug-in slot and turns state-machine actions into
 //!   instance tasks and timers.
 //! - `instance`: one process from spawn to reap (handshake, pings, graceful stop).
+//! - `plain`: the running phase of a plain (`protocol: "none"`) process; `probe` its checks.
 //! - `process`: building commands, the sha256 pin, process groups and signals.
 //!
 //! Architecture Invariant: only this module creates processes or sends signals. Callers talk to
@@ -12,6 +13,8 @@
 
 mod actor;
 mod instance;
+mod plain;
+mod probe;
 pub mod process;
 pub mod state;
 
@@ -65,6 +68,8 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("\"after\" names {0:?}, which is not registered")]
+    UnknownDependency(String),
     #[error("the supervisor is shutting down")]
     ShuttingDown,
 }
@@ -86,8 +91,10 @@ pub struct PluginView {
     pub next_restart_at: Option<SystemTime>,
     pub last_exit: Option<ExitInfo>,
     pub last_exit_at: Option<SystemTime>,
-    /// Why the plug-in is failed, degraded or waiting to restart.
+    /// Why the plug-in is failed, degraded, waiting to restart or waiting for dependencies.
     pub reason: Option<String>,
+    /// `after:` dependencies a pending start waits for (empty when none is pending).
+    pub waiting_for: Vec<String>,
     pub health: Option<Health>,
     /// Methods the plug-in declared in its handshake.
     pub methods: Vec<String>,

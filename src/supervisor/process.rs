@@ -2,7 +2,9 @@
 //!
 //! Architecture Invariant: this file (through the supervisor) is the only place that creates
 //! processes or sends signals. Every child runs in its own process group with a cleared
-//! environment plus an allowlist, with all three stdio streams piped.
+//! environment plus an allowlist, with stdout and stderr piped (stdin too for svp/1 plug-ins; a
+//! plain process gets /dev/null), and carries [`INSTANCE_ENV`] so that descendants that left the
+//! group (daemonized) can still be found.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,10 +15,13 @@ use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 
-use crate::config::{Launch, PluginSpec};
+use crate::config::{Launch, PluginSpec, Protocol};
 
 /// Variables passed through from the daemon's environment when set (design.md §6).
 const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "RUST_LOG"];
+
+/// Set in every child to `<name>#<generation>`; inherited by its descendants.
+pub const INSTANCE_ENV: &str = "BKG_INSTANCE";
 
 /// Why a plug-in could not be spawned. All of these are fatal: retrying cannot help.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +36,12 @@ pub enum SpawnError {
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error("cannot start {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("{0:?} is not in PATH")]
+    NotInPath(PathBuf),
+    #[error("running as user/group {0:?} needs the daemon to run as root")]
+    NotRoot(String),
+    #[error("unknown {kind} {name:?}")]
+    UnknownAccount { kind: &'static str, name: String },
 }
 
 /// The program and arguments a spec launches.
@@ -41,8 +52,41 @@ pub fn program_and_args(spec: &PluginSpec) -> Result<(PathBuf, Vec<String>), Spa
                 .map_err(|source| SpawnError::Io { path: PathBuf::from("/proc/self/exe"), source })?;
             Ok((exe, vec!["plugin".into(), builtin.clone()]))
         }
-        Launch::Command { command, args } => Ok((command.clone(), args.clone())),
+        Launch::Command { command, args } if command.is_absolute() => Ok((command.clone(), args.clone())),
+        Launch::Command { command, args } => Ok((find_in_path(command)?, args.clone())),
     }
+}
+
+/// Resolves a bare program name against the daemon's `PATH` (children get the same `PATH`).
+fn find_in_path(name: &Path) -> Result<PathBuf, SpawnError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+        .ok_or_else(|| SpawnError::NotInPath(name.to_owned()))
+}
+
+/// The uid and gid a spec asks to run as, if any.
+fn account(spec: &PluginSpec) -> Result<Option<(u32, u32)>, SpawnError> {
+    use nix::unistd::{Group, User};
+    if spec.user.is_none() && spec.group.is_none() {
+        return Ok(None);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let who = spec.user.clone().or_else(|| spec.group.clone()).unwrap_or_default();
+        return Err(SpawnError::NotRoot(who));
+    }
+    let unknown = |kind, name: &str| SpawnError::UnknownAccount { kind, name: name.to_owned() };
+    let user = match &spec.user {
+        Some(name) => Some(User::from_name(name).ok().flatten().ok_or_else(|| unknown("user", name))?),
+        None => None,
+    };
+    let gid = match &spec.group {
+        Some(name) => Group::from_name(name).ok().flatten().ok_or_else(|| unknown("group", name))?.gid.as_raw(),
+        None => user.as_ref().map_or(0, |u| u.gid.as_raw()),
+    };
+    Ok(Some((user.map_or(0, |u| u.uid.as_raw()), gid)))
 }
 
 /// Computes the lower-case hex sha256 of a file.
@@ -67,7 +111,8 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 
 /// Checks the pin and spawns the plug-in. Blocking file I/O (hashing) runs on the caller's
 /// thread, so call this from `spawn_blocking` or accept the cost of a small read.
-pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str) -> Result<Child, SpawnError> {
+/// `instance` (`name#generation`) goes into [`INSTANCE_ENV`].
+pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str, instance: &str) -> Result<Child, SpawnError> {
     let (program, args) = program_and_args(spec)?;
     match std::fs::metadata(&program) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SpawnError::NotFound(program)),
@@ -86,24 +131,37 @@ pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str) -> Result<Chil
         }
     }
     create_private_dir(work_dir).map_err(|source| SpawnError::WorkDir { path: work_dir.to_owned(), source })?;
+    let account = account(spec)?;
 
+    let passed = ENV_ALLOWLIST.iter().copied().chain(spec.pass_env.iter().map(String::as_str));
     let mut cmd = Command::new(&program);
     cmd.args(&args)
         .env_clear()
-        .envs(ENV_ALLOWLIST.iter().filter_map(|k| std::env::var_os(k).map(|v| (*k, v))))
+        .envs(passed.filter_map(|k| std::env::var_os(k).map(|v| (k, v))))
         .envs(&spec.env)
-        .env(protocol::COOKIE_ENV, protocol::COOKIE_VALUE)
-        .env(protocol::TRANSPORT_ENV, "stdio")
-        .env(protocol::LOG_ENV, log_level)
-        .current_dir(work_dir)
+        .env(INSTANCE_ENV, instance)
+        .current_dir(spec.cwd.as_deref().unwrap_or(work_dir))
         // Own process group: a terminal's Ctrl-C reaches only the daemon, and stop/kill can
         // reach every grandchild with one killpg.
         .process_group(0)
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Backstop only: the instance task always kills the group and reaps explicitly.
         .kill_on_drop(true);
+    match spec.protocol {
+        Protocol::Svp1 => {
+            cmd.env(protocol::COOKIE_ENV, protocol::COOKIE_VALUE)
+                .env(protocol::TRANSPORT_ENV, "stdio")
+                .env(protocol::LOG_ENV, log_level)
+                .stdin(Stdio::piped());
+        }
+        Protocol::None => {
+            cmd.stdin(Stdio::null());
+        }
+    }
+    if let Some((uid, gid)) = account {
+        cmd.uid(uid).gid(gid);
+    }
     cmd.spawn().map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => SpawnError::NotFound(program.clone()),
         std::io::ErrorKind::PermissionDenied => SpawnError::NotExecutable(program.clone()),
@@ -126,12 +184,18 @@ pub fn signal_group(pid: u32, signal: Signal) {
     }
 }
 
+/// SIGKILLs one process (one that left the process group of its instance).
+pub fn kill_process(pid: u32) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    match nix::sys::signal::kill(Pid::from_raw(raw), Signal::SIGKILL) {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => tracing::warn!(pid, error = %e, "kill failed"),
+    }
+}
+
 /// Pids of the live (non-zombie) processes in the group led by `pgid`, from /proc.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return vec![] };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    live_pids()
         .filter(|pid| {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
             let Some((_, rest)) = stat.rsplit_once(')') else { return false };
@@ -141,6 +205,27 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
             pgrp == Some(pgid) && state != Some("Z")
         })
         .collect()
+}
+
+/// Pids of processes whose environment holds `INSTANCE_ENV=instance`: the descendants of one
+/// instance, including those that left its process group (`setsid`). Only processes of the
+/// daemon's own user are readable, which are the only ones it could have started.
+pub fn instance_members(instance: &str) -> Vec<u32> {
+    let needle = format!("{INSTANCE_ENV}={instance}");
+    live_pids()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+fn live_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
 }
 
 #[cfg(test)]

@@ -59,8 +59,9 @@ pub struct ExitInfo {
 }
 
 impl ExitInfo {
-    fn success(&self) -> bool {
-        self.code == Some(0) && !self.fatal
+    /// Exited by itself with one of `success_codes`.
+    fn success(&self, success_codes: &[i32]) -> bool {
+        !self.fatal && self.code.is_some_and(|c| success_codes.contains(&c))
     }
 }
 
@@ -70,7 +71,10 @@ pub enum Event {
     Start,
     Stop,
     Restart,
-    Enable,
+    /// `start: false` leaves it stopped (its `after:` dependencies are not ready yet).
+    Enable {
+        start: bool,
+    },
     Disable,
     /// The handshake finished and `plugin.health` said `serving`.
     Ready {
@@ -203,11 +207,11 @@ impl Slot {
                     self.spawn(now)
                 }
             },
-            Event::Enable => match self.state {
+            Event::Enable { start } => match self.state {
                 Disabled => {
                     self.state = Stopped;
                     self.reason = None;
-                    self.spawn(now)
+                    if start { self.spawn(now) } else { vec![] }
                 }
                 // A disable is still stopping the process: the enable wins and starts it again.
                 Stopping if self.disable_after_stop => {
@@ -304,7 +308,7 @@ impl Slot {
         }
         let wants_restart = match self.policy.mode {
             RestartMode::Always => true,
-            RestartMode::OnFailure => !exit.success(),
+            RestartMode::OnFailure => !exit.success(&self.policy.success_codes),
             RestartMode::Never => false,
         };
         if !wants_restart {
@@ -521,7 +525,7 @@ mod tests {
         s.on_event(exit_event(&s, crash(0)), t, 0.0).unwrap();
         assert_eq!(s.state, State::Disabled);
         assert_eq!(s.on_event(Event::Start, t, 0.0), Err(Refused::Disabled));
-        assert_eq!(s.on_event(Event::Enable, t, 0.0).unwrap(), vec![Action::Spawn { generation: 2 }]);
+        assert_eq!(s.on_event(Event::Enable { start: true }, t, 0.0).unwrap(), vec![Action::Spawn { generation: 2 }]);
     }
 
     #[test]
@@ -530,7 +534,7 @@ mod tests {
         let mut s = slot();
         s.on_event(Event::Start, t, 0.0).unwrap();
         s.on_event(Event::Disable, t, 0.0).unwrap();
-        assert_eq!(s.on_event(Event::Enable, t, 0.0).unwrap(), vec![]);
+        assert_eq!(s.on_event(Event::Enable { start: true }, t, 0.0).unwrap(), vec![]);
         let a = s.on_event(exit_event(&s, crash(0)), t, 0.0).unwrap();
         assert_eq!(a, vec![Action::Spawn { generation: 2 }]);
         assert_eq!(s.state, State::Starting);

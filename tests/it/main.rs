@@ -15,6 +15,7 @@ mod lifecycle;
 mod llm;
 mod logs_sse;
 mod observability;
+mod processes;
 mod rag;
 mod support;
 mod systemd;

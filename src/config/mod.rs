@@ -1,7 +1,10 @@
 //! The plug-in registry (`plugins.json`): parsing into typed specs and validation that reports
-//! every problem at once, each with its JSON path.
+//! every problem at once, each with its JSON path. `process` holds the fields about the child
+//! process itself (protocol, probes, stop signal, user, `after:`).
 //!
 //! Architecture Invariant: nothing starts until the whole registry has validated.
+
+pub mod process;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -11,11 +14,13 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use process::{Probe, ProbeKind, Probes, Protocol};
+
 /// Plug-ins compiled into the `bkg` binary and run as `bkg plugin <name>`.
 pub const BUILTINS: &[&str] = &["apikeys", "echo", "fake", "llm", "rag"];
 
 /// The registry shipped with the repository, used when no file is given.
-pub const EMBEDDED_REGISTRY: &str = include_str!("../plugins.json");
+pub const EMBEDDED_REGISTRY: &str = include_str!("../../plugins.json");
 
 /// A validated plug-in name: `[a-z0-9-]{1,32}`, not starting with `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -49,7 +54,7 @@ impl fmt::Display for PluginName {
 pub enum Launch {
     /// `bkg plugin <name>`, spawned from the daemon's own executable.
     Builtin { builtin: String },
-    /// Any svp/1 executable.
+    /// An executable: an absolute path, or a bare name looked up in the daemon's `PATH`.
     Command { command: PathBuf, args: Vec<String> },
 }
 
@@ -75,6 +80,8 @@ pub struct RestartPolicy {
     pub crash_window_s: u64,
     /// Running this long counts as stable: the backoff resets.
     pub stable_after_s: u64,
+    /// Exit codes that count as success for `on-failure`.
+    pub success_codes: Vec<i32>,
 }
 
 impl Default for RestartPolicy {
@@ -86,6 +93,7 @@ impl Default for RestartPolicy {
             max_crashes: 5,
             crash_window_s: 180,
             stable_after_s: 60,
+            success_codes: vec![0],
         }
     }
 }
@@ -181,6 +189,22 @@ struct RawSpec {
     sha256: Option<String>,
     #[serde(default = "empty_object")]
     config: Value,
+    #[serde(default)]
+    protocol: Protocol,
+    #[serde(default)]
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    pass_env: Vec<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    #[serde(default)]
+    stop_signal: Option<String>,
+    #[serde(default)]
+    after: Vec<String>,
+    #[serde(default)]
+    probes: Probes,
 }
 
 fn yes() -> bool {
@@ -208,6 +232,28 @@ pub struct PluginSpec {
     pub sha256: Option<String>,
     /// Handed to the plug-in in `initialize`.
     pub config: Value,
+    #[serde(skip_serializing_if = "Protocol::is_default")]
+    pub protocol: Protocol,
+    /// Working directory; by default the plug-in's own directory under the data directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    /// Names of the daemon's environment variables passed through (beyond the allowlist).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pass_env: Vec<String>,
+    /// Run as this user / group (only when the daemon runs as root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Signal of a graceful stop, as `SIGTERM`; `None` = SIGTERM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// Started only once these are ready; stopped before them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<PluginName>,
+    /// Readiness and liveness checks of a `protocol: "none"` process.
+    #[serde(skip_serializing_if = "Probes::is_empty")]
+    pub probes: Probes,
 }
 
 /// Every problem found in a registry, each with its JSON path.
@@ -222,7 +268,12 @@ pub struct Registry {
 }
 
 /// Env names a registry may not set: they belong to the protocol or to systemd.
-const RESERVED_ENV: &[&str] = &["SUPERVISOR_PLUGIN_COOKIE", "SUPERVISOR_PLUGIN_TRANSPORT", "NOTIFY_SOCKET"];
+const RESERVED_ENV: &[&str] = &[
+    "SUPERVISOR_PLUGIN_COOKIE",
+    "SUPERVISOR_PLUGIN_TRANSPORT",
+    "NOTIFY_SOCKET",
+    crate::supervisor::process::INSTANCE_ENV,
+];
 
 impl Registry {
     /// Parses and validates `plugins.json` text.
@@ -267,6 +318,15 @@ impl Registry {
                 Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{path}{e}"))),
             }
         }
+        if errors.is_empty() {
+            let graph: Vec<(usize, &str, Vec<String>)> = plugins
+                .iter()
+                .enumerate()
+                .map(|(i, p)| (i, p.name.as_str(), p.after.iter().map(ToString::to_string).collect()))
+                .collect();
+            let graph: Vec<(usize, &str, &[String])> = graph.iter().map(|(i, n, a)| (*i, *n, a.as_slice())).collect();
+            errors.extend(process::check_dependencies(&graph));
+        }
         if errors.is_empty() { Ok(Self { plugins }) } else { Err(RegistryErrors(errors)) }
     }
 
@@ -281,6 +341,9 @@ impl PluginSpec {
         let raw: RawSpec = serde_json::from_value(entry.clone()).map_err(|e| vec![describe_serde_error(&e)])?;
         let mut errors = Vec::new();
         let name = PluginName::parse(&raw.name).map_err(|e| errors.push(format!(".name: {e}"))).ok();
+        if raw.protocol == Protocol::None && raw.builtin.is_some() {
+            errors.push(".builtin: built-ins speak svp/1; a protocol \"none\" process needs \"command\"".into());
+        }
         let launch = match (raw.builtin, raw.command) {
             (Some(b), None) => {
                 if !raw.args.is_empty() {
@@ -292,8 +355,12 @@ impl PluginSpec {
                 Some(Launch::Builtin { builtin: b })
             }
             (None, Some(command)) => {
-                if !command.is_absolute() {
-                    errors.push(format!(".command: must be an absolute path, got {:?}", command.display()));
+                let bare = command.components().count() == 1 && !command.as_os_str().is_empty();
+                if !command.is_absolute() && !bare {
+                    errors.push(format!(
+                        ".command: must be an absolute path or a program name looked up in PATH, got {:?}",
+                        command.display()
+                    ));
                 }
                 Some(Launch::Command { command, args: raw.args })
             }
@@ -306,14 +373,56 @@ impl PluginSpec {
                 None
             }
         };
+        if raw.protocol == Protocol::None && raw.config.as_object().is_some_and(|c| !c.is_empty()) {
+            errors.push(".config: only svp/1 plug-ins take a config; pass settings as args or env".into());
+        }
+        if raw.protocol == Protocol::Svp1 && !raw.probes.is_empty() {
+            errors.push(".probes: only for protocol \"none\" (svp/1 plug-ins report readiness themselves)".into());
+        }
+        raw.probes.check(&mut errors);
+        if let Some(cwd) = &raw.cwd
+            && !cwd.is_absolute()
+        {
+            errors.push(".cwd: must be an absolute path".into());
+        }
+        for (i, key) in raw.pass_env.iter().enumerate() {
+            if !valid_env_name(key) {
+                errors.push(format!(".pass_env[{i}]: invalid variable name {key:?}"));
+            } else if RESERVED_ENV.contains(&key.as_str()) {
+                errors.push(format!(".pass_env[{i}]: {key} is reserved for the daemon"));
+            }
+        }
+        for (field, value) in [("user", &raw.user), ("group", &raw.group)] {
+            if value.as_ref().is_some_and(|v| v.is_empty() || v.contains(['/', ':', '\0'])) {
+                errors.push(format!(".{field}: invalid {field} name"));
+            }
+        }
+        let stop_signal = match raw.stop_signal.as_deref().map(process::parse_signal) {
+            Some(Ok(signal)) => Some(signal.as_str().to_owned()),
+            Some(Err(e)) => {
+                errors.push(format!(".stop_signal: {e}"));
+                None
+            }
+            None => None,
+        };
+        let mut after = Vec::new();
+        for (i, dep) in raw.after.iter().enumerate() {
+            match PluginName::parse(dep) {
+                Ok(dep) if after.contains(&dep) => errors.push(format!(".after[{i}]: {dep} is listed twice")),
+                Ok(dep) => after.push(dep),
+                Err(e) => errors.push(format!(".after[{i}]: {e}")),
+            }
+        }
+        if raw.restart.success_codes.iter().any(|c| !(0..=255).contains(c)) {
+            errors.push(".restart.success_codes: exit codes are 0..=255".into());
+        }
         if let Some(pin) = &raw.sha256
             && (pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()))
         {
             errors.push(".sha256: must be 64 hex digits".into());
         }
         for key in raw.env.keys() {
-            let valid = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
+            if !valid_env_name(key) {
                 errors.push(format!(".env.{key}: invalid variable name"));
             } else if RESERVED_ENV.contains(&key.as_str()) {
                 errors.push(format!(".env.{key}: reserved for the daemon"));
@@ -358,15 +467,35 @@ impl PluginSpec {
                 env: raw.env,
                 sha256: raw.sha256.map(|s| s.to_ascii_lowercase()),
                 config: raw.config,
+                protocol: raw.protocol,
+                cwd: raw.cwd,
+                pass_env: raw.pass_env,
+                user: raw.user,
+                group: raw.group,
+                stop_signal,
+                after,
+                probes: raw.probes,
             }),
             _ => Err(errors),
         }
+    }
+
+    /// The signal of a graceful stop.
+    pub fn stop_signal(&self) -> nix::sys::signal::Signal {
+        self.stop_signal
+            .as_deref()
+            .and_then(|s| process::parse_signal(s).ok())
+            .unwrap_or(nix::sys::signal::Signal::SIGTERM)
     }
 
     /// The registry entry as JSON (the form written to the `plugins.json` mirror).
     pub fn to_value(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
+}
+
+fn valid_env_name(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// serde_json reports `unknown field `x`, expected one of …`; keep it but lead with a path.
