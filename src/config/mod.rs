@@ -568,6 +568,53 @@ mod tests {
     }
 
     #[test]
+    fn plain_process_fields_are_checked() {
+        let text = r#"{"plugins": [
+            {"name": "a", "protocol": "none", "builtin": "echo"},
+            {"name": "b", "protocol": "none", "command": "x", "config": {"k": 1}},
+            {"name": "c", "command": "/bin/x", "probes": {"readiness": {"tcp": {"port": 1}}}},
+            {"name": "d", "protocol": "none", "command": "x", "probes": {"liveness": {"log": {"regex": "up"}}}},
+            {"name": "e", "protocol": "none", "command": "x", "probes": {"readiness": {"tcp": {"port": 1}, "exec": {"command": "/bin/true"}}}},
+            {"name": "f", "protocol": "none", "command": "x", "probes": {"readiness": {"http": {"url": "https://x"}}}},
+            {"name": "g", "protocol": "none", "command": "x", "probes": {"readiness": {"log": {"regex": "("}}}},
+            {"name": "h", "protocol": "none", "command": "x", "stop_signal": "NOPE", "cwd": "rel", "pass_env": ["A-B"]},
+            {"name": "i", "protocol": "none", "command": "x", "after": ["i2", "i2"], "restart": {"success_codes": [300]}},
+            {"name": "j", "protocol": "tcp", "command": "x"}
+        ]}"#;
+        let errs = Registry::parse(text).unwrap_err().0;
+        let expect = [
+            "$.plugins[0].builtin: built-ins speak svp/1",
+            "$.plugins[1].config: only svp/1 plug-ins take a config",
+            "$.plugins[2].probes: only for protocol \"none\"",
+            "$.plugins[3].probes.liveness.log: a log probe can only be a readiness probe",
+            "$.plugins[4].probes.readiness: set exactly one of",
+            "$.plugins[5].probes.readiness.http.url: must start with http://",
+            "$.plugins[6].probes.readiness.log.regex:",
+            "$.plugins[7].stop_signal: unknown signal \"NOPE\"",
+            "$.plugins[7].cwd: must be an absolute path",
+            "$.plugins[7].pass_env[0]: invalid variable name",
+            "$.plugins[8].after[1]: i2 is listed twice",
+            "$.plugins[8].restart.success_codes: exit codes are 0..=255",
+            "$.plugins[9]: unknown variant `tcp`",
+        ];
+        for e in expect {
+            assert!(errs.iter().any(|x| x.starts_with(e)), "missing {e:?} in {errs:#?}");
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        // A valid plain process: bare command, probes, dependencies; round-trips.
+        let reg = Registry::parse(
+            r#"{"plugins": [{"name": "up", "protocol": "none", "command": "python3", "stop_signal": "int",
+                "probes": {"readiness": {"http": {"url": "http://127.0.0.1:8000/"}}}},
+                {"name": "down", "protocol": "none", "command": "/bin/sleep", "args": ["9"], "after": ["up"]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(reg.plugins[0].stop_signal(), nix::sys::signal::Signal::SIGINT);
+        for spec in &reg.plugins {
+            assert_eq!(&PluginSpec::from_value(&spec.to_value()).unwrap(), spec);
+        }
+    }
+
+    #[test]
     fn spec_round_trips_through_its_json_form() {
         let reg = Registry::parse(
             r#"{"plugins":[{"name":"x","command":"/bin/x","args":["-v"],"env":{"A":"1"},"config":{"k":1}}]}"#,

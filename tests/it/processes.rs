@@ -107,6 +107,18 @@ async fn http_server_is_ready_when_its_port_answers_and_restarts_after_kill_9() 
     assert_eq!(again["restarts"], 1);
     assert!(again["last_exit"]["reason"].as_str().unwrap().contains("SIGKILL"), "{again}");
     assert!(port_answers(port));
+
+    // The same control routes, metrics and audit as any plug-in.
+    let (status, body) = d.post("/admin/plugins/web/stop", json!({})).await;
+    assert_eq!((status, &body["state"]), (StatusCode::OK, &json!("stopping")), "{body}");
+    d.wait_plugin("web", "stopped", |v| v["state"] == "stopped").await;
+    wait_for("the port closes", WAIT, || async { (!port_answers(port)).then_some(()) }).await;
+    let res = d.http.get(d.url("/metrics")).bearer_auth(&d.token).send().await.unwrap();
+    let metrics = res.text().await.unwrap();
+    assert!(metrics.contains(r#"bkg_plugin_restarts_total{plugin="web"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"bkg_plugin_state{plugin="web",state="stopped"} 1"#), "{metrics}");
+    let (_, audit) = d.get("/admin/audit?action=plugin.stop").await;
+    assert_eq!(audit["events"][0]["target"], "plugin:web", "{audit}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
