@@ -197,77 +197,23 @@ mod tests {
     //! The plug-in served in-process over in-memory pipes, the way the daemon talks to it.
 
     use super::*;
-    use bkg_plugin_sdk::{ExitReason, ServeOptions, serve_io};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
-    use tokio::task::JoinHandle;
+    use bkg_plugin_sdk::ExitReason;
+    use bkg_plugin_sdk::testing::TestHost;
 
-    /// The daemon's end of the two pipes.
-    struct Daemon {
-        to_plugin: DuplexStream,
-        from_plugin: Lines<BufReader<DuplexStream>>,
-        serving: JoinHandle<ExitReason>,
+    fn start() -> TestHost {
+        TestHost::start(Echo::default(), "error", 64 * 1024)
     }
 
-    impl Daemon {
-        fn start() -> Self {
-            let (to_plugin, plugin_stdin) = tokio::io::duplex(64 * 1024);
-            let (plugin_stdout, from_plugin) = tokio::io::duplex(64 * 1024);
-            let log_level = bkg_plugin_sdk::logging::install("error");
-            let options = ServeOptions { watch_parent: false, reap_group: false };
-            let serving = tokio::spawn(serve_io(
-                Echo::default(),
-                Box::pin(plugin_stdin),
-                Box::pin(plugin_stdout),
-                log_level,
-                options,
-            ));
-            Self { to_plugin, from_plugin: BufReader::new(from_plugin).lines(), serving }
-        }
-
-        async fn send(&mut self, message: Value) {
-            let mut line = serde_json::to_vec(&message).expect("serialize");
-            line.push(b'\n');
-            self.to_plugin.write_all(&line).await.expect("write to plug-in");
-        }
-
-        async fn request(&mut self, id: u64, method: &str, params: Value) {
-            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
-        }
-
-        async fn recv(&mut self) -> Value {
-            let line = tokio::time::timeout(Duration::from_secs(5), self.from_plugin.next_line())
-                .await
-                .expect("plug-in answered in time")
-                .expect("read from plug-in")
-                .expect("plug-in output still open");
-            serde_json::from_str(&line).expect("plug-in wrote JSON")
-        }
-
-        /// `initialize` + `initialized`; returns the `initialize` response.
-        async fn handshake(&mut self, config: Value) -> Value {
-            self.request(1, "initialize", json!({"protocolVersions": [1], "config": config})).await;
-            let response = self.recv().await;
-            self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}})).await;
-            response
-        }
-
-        /// Closes stdin and checks that the plug-in exits (without `shutdown`: abandoned).
-        async fn close(self) {
-            drop(self.to_plugin);
-            let reason = tokio::time::timeout(Duration::from_secs(5), self.serving)
-                .await
-                .expect("plug-in exits on EOF")
-                .expect("serve task");
-            assert_eq!(reason, ExitReason::Abandoned);
-        }
+    /// Closes stdin and checks that the plug-in exits (without `shutdown`: abandoned).
+    async fn close(daemon: TestHost) {
+        assert_eq!(daemon.close().await, ExitReason::Abandoned);
     }
 
     #[tokio::test]
     async fn handshake_declares_methods_and_config_schema() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         let response = daemon.handshake(json!({"prefix": "> "})).await;
         let result = &response["result"];
-        assert_eq!(response["id"], 1);
         assert_eq!(result["protocolVersion"], 1);
         assert_eq!(result["plugin"]["name"], "echo");
         assert_eq!(result["methods"]["echo.stream"], json!({"timeoutMs": 60000, "idempotent": true, "stream": true}));
@@ -275,57 +221,57 @@ mod tests {
         let schema = &result["capabilities"]["configSchema"];
         assert_eq!(schema["properties"]["prefix"]["type"], "string");
         assert_eq!(schema["additionalProperties"], false);
-        daemon.close().await;
+        close(daemon).await;
     }
 
     #[tokio::test]
     async fn bad_config_fails_the_handshake() {
         for config in [json!({"prefx": "typo"}), json!("prefix"), json!({"prefix": 3})] {
-            let mut daemon = Daemon::start();
+            let mut daemon = start();
             let response = daemon.handshake(config.clone()).await;
             assert_eq!(response["error"]["code"], -32602, "config {config}: {response}");
             let message = response["error"]["message"].as_str().expect("message");
             assert!(message.starts_with("invalid echo config"), "{message}");
-            daemon.close().await;
+            close(daemon).await;
         }
     }
 
     #[tokio::test]
     async fn echo_returns_params_without_protocol_keys() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         let params = json!({"a": 1, "b": ["x"], "_meta": {"deadlineMs": 1000}, "stream": false});
-        daemon.request(2, "echo.echo", params).await;
+        daemon.request_with_id(2, "echo.echo", params).await;
         assert_eq!(daemon.recv().await, json!({"jsonrpc": "2.0", "id": 2, "result": {"a": 1, "b": ["x"]}}));
-        daemon.close().await;
+        close(daemon).await;
     }
 
     #[tokio::test]
     async fn upper_uses_the_prefix_and_explains_bad_params() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(json!({"prefix": "> "})).await;
-        daemon.request(2, "echo.upper", json!({"text": "hello"})).await;
+        daemon.request_with_id(2, "echo.upper", json!({"text": "hello"})).await;
         assert_eq!(daemon.recv().await["result"], json!({"text": "> HELLO"}));
 
-        daemon.request(3, "echo.upper", json!({})).await;
+        daemon.request_with_id(3, "echo.upper", json!({})).await;
         let response = daemon.recv().await;
         assert_eq!(response["id"], 3);
         assert_eq!(response["error"]["code"], -32602);
         assert_eq!(response["error"]["message"], "echo.upper: missing the string param `text`");
 
-        daemon.request(4, "echo.upper", json!({"text": 42})).await;
+        daemon.request_with_id(4, "echo.upper", json!({"text": 42})).await;
         let response = daemon.recv().await;
         assert_eq!(response["error"]["code"], -32602);
         assert_eq!(response["error"]["message"], "echo.upper: `text` must be a string, got 42");
-        daemon.close().await;
+        close(daemon).await;
     }
 
     #[tokio::test]
     async fn stream_sends_ordered_chunks_before_the_summary() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         let params = json!({"text": "one two  three", "interval_ms": 0, "stream": true});
-        daemon.request(2, "echo.stream", params).await;
+        daemon.request_with_id(2, "echo.stream", params).await;
         for (seq, word) in ["one", "two", "three"].into_iter().enumerate() {
             let chunk = daemon.recv().await;
             assert_eq!(chunk["method"], "$/stream", "{chunk}");
@@ -334,17 +280,17 @@ mod tests {
         assert_eq!(daemon.recv().await, json!({"jsonrpc": "2.0", "id": 2, "result": {"chunks": 3}}));
 
         // Without `stream: true` the whole text comes back in the response.
-        daemon.request(3, "echo.stream", json!({"text": "a b"})).await;
+        daemon.request_with_id(3, "echo.stream", json!({"text": "a b"})).await;
         assert_eq!(daemon.recv().await["result"], json!({"chunks": 0, "text": "a b"}));
-        daemon.close().await;
+        close(daemon).await;
     }
 
     #[tokio::test]
     async fn cancel_gets_exactly_one_final_response() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         let params = json!({"text": "a b c d e f g h", "interval_ms": 200, "stream": true});
-        daemon.request(2, "echo.stream", params).await;
+        daemon.request_with_id(2, "echo.stream", params).await;
         let first = daemon.recv().await;
         assert_eq!(first["params"]["seq"], 0);
 
@@ -362,8 +308,8 @@ mod tests {
         // Nothing else follows for id 2: after longer than one interval, the next message is
         // the answer to a ping.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        daemon.request(3, "$/ping", json!({})).await;
+        daemon.request_with_id(3, "$/ping", json!({})).await;
         assert_eq!(daemon.recv().await, json!({"jsonrpc": "2.0", "id": 3, "result": {}}));
-        daemon.close().await;
+        close(daemon).await;
     }
 }

@@ -513,93 +513,19 @@ mod tests {
     //! are left to the daemon's integration tests.
 
     use super::*;
-    use bkg_plugin_sdk::{ExitReason, ServeOptions, serve_io};
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
-    use tokio::task::JoinHandle;
+    use bkg_plugin_sdk::testing::TestHost;
 
-    /// The daemon's end of the two pipes.
-    struct Daemon {
-        to_plugin: DuplexStream,
-        from_plugin: Lines<BufReader<DuplexStream>>,
-        serving: JoinHandle<ExitReason>,
-        next_id: u64,
+    fn start() -> TestHost {
+        TestHost::start(Fake::default(), "error", 64 * 1024)
     }
 
-    impl Daemon {
-        fn start() -> Self {
-            let (to_plugin, plugin_stdin) = tokio::io::duplex(64 * 1024);
-            let (plugin_stdout, from_plugin) = tokio::io::duplex(64 * 1024);
-            let log_level = bkg_plugin_sdk::logging::install("error");
-            let options = ServeOptions { watch_parent: false, reap_group: false };
-            let serving = tokio::spawn(serve_io(
-                Fake::default(),
-                Box::pin(plugin_stdin),
-                Box::pin(plugin_stdout),
-                log_level,
-                options,
-            ));
-            let from_plugin = BufReader::new(from_plugin).lines();
-            Self { to_plugin, from_plugin, serving, next_id: 1 }
-        }
-
-        async fn send(&mut self, message: Value) {
-            let mut line = serde_json::to_vec(&message).expect("serialize");
-            line.push(b'\n');
-            self.to_plugin.write_all(&line).await.expect("write to plug-in");
-        }
-
-        /// Sends a request and returns its id.
-        async fn request(&mut self, method: &str, params: Value) -> u64 {
-            let id = self.next_id;
-            self.next_id += 1;
-            self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
-            id
-        }
-
-        async fn recv(&mut self) -> Value {
-            let line = tokio::time::timeout(Duration::from_secs(5), self.from_plugin.next_line())
-                .await
-                .expect("plug-in answered in time")
-                .expect("read from plug-in")
-                .expect("plug-in output still open");
-            serde_json::from_str(&line).expect("plug-in wrote JSON")
-        }
-
-        /// Sends a request and returns its response (no other traffic may be in flight).
-        async fn call(&mut self, method: &str, params: Value) -> Value {
-            let id = self.request(method, params).await;
-            let response = self.recv().await;
-            assert_eq!(response["id"], id, "{response}");
-            response
-        }
-
-        /// `initialize` (+ `initialized` when it succeeded); returns the `initialize` response.
-        async fn handshake(&mut self, config: Value) -> Value {
-            let params = json!({"protocolVersions": [1], "config": config});
-            let response = self.call("initialize", params).await;
-            if response.get("result").is_some() {
-                self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}})).await;
-            }
-            response
-        }
-
-        async fn health(&mut self) -> Value {
-            self.call("plugin.health", json!({})).await["result"].clone()
-        }
-
-        /// Closes stdin and checks that the plug-in exits.
-        async fn close(self) {
-            drop(self.to_plugin);
-            tokio::time::timeout(Duration::from_secs(5), self.serving)
-                .await
-                .expect("plug-in exits on EOF")
-                .expect("serve task");
-        }
+    async fn health(daemon: &mut TestHost) -> Value {
+        daemon.call("plugin.health", json!({})).await["result"].clone()
     }
 
     #[tokio::test]
     async fn handshake_declares_methods_limits_and_schema() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         let response = daemon.handshake(json!({"max_concurrent_requests": 3})).await;
         let result = &response["result"];
         assert_eq!(result["plugin"]["name"], "fake");
@@ -613,12 +539,12 @@ mod tests {
 
     #[tokio::test]
     async fn bad_or_failing_config_fails_the_handshake() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         let response = daemon.handshake(json!({"crash_after": 1})).await;
         assert_eq!(response["error"]["code"], -32602, "{response}");
         daemon.close().await;
 
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         let response = daemon.handshake(json!({"fail_initialize": true})).await;
         assert_eq!(response["error"]["code"], -32603, "{response}");
         let message = response["error"]["message"].as_str().expect("message");
@@ -630,7 +556,7 @@ mod tests {
 
     #[tokio::test]
     async fn echo_returns_params_without_protocol_keys() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         let params = json!({"x": [1, 2], "_meta": {"deadlineMs": 500}, "stream": true});
         assert_eq!(daemon.call("fake.echo", params).await["result"], json!({"x": [1, 2]}));
@@ -641,15 +567,15 @@ mod tests {
 
     #[tokio::test]
     async fn health_follows_config_then_set_health() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(json!({"health": "degraded", "starting_ms": 300})).await;
-        assert_eq!(daemon.health().await["status"], "starting");
+        assert_eq!(health(&mut daemon).await["status"], "starting");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        assert_eq!(daemon.health().await, json!({"status": "degraded"}));
+        assert_eq!(health(&mut daemon).await, json!({"status": "degraded"}));
 
         let params = json!({"status": "not_serving", "detail": "store offline"});
         assert_eq!(daemon.call("fake.set_health", params).await["result"], json!({}));
-        assert_eq!(daemon.health().await, json!({"status": "not_serving", "detail": "store offline"}));
+        assert_eq!(health(&mut daemon).await, json!({"status": "not_serving", "detail": "store offline"}));
         let response = daemon.call("fake.set_health", json!({"status": "fine"})).await;
         assert_eq!(response["error"]["code"], -32602);
         daemon.close().await;
@@ -657,7 +583,7 @@ mod tests {
 
     #[tokio::test]
     async fn max_concurrent_requests_is_enforced() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(json!({"max_concurrent_requests": 1})).await;
         let slow = daemon.request("fake.sleep", json!({"ms": 300})).await;
         let rejected = daemon.request("fake.pids", json!({})).await;
@@ -675,7 +601,7 @@ mod tests {
 
     #[tokio::test]
     async fn stream_sends_chunks_then_the_count() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         let id = daemon.request("fake.stream", json!({"chunks": 3, "stream": true})).await;
         for seq in 0..3 {
@@ -690,7 +616,7 @@ mod tests {
 
     #[tokio::test]
     async fn sleep_and_hang_are_cancellable() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         for (method, params) in [("fake.hang", json!({})), ("fake.sleep", json!({"ms": 60_000}))] {
             let id = daemon.request(method, params).await;
@@ -704,7 +630,7 @@ mod tests {
 
     #[tokio::test]
     async fn log_checks_its_level() {
-        let mut daemon = Daemon::start();
+        let mut daemon = start();
         daemon.handshake(Value::Null).await;
         let response = daemon.call("fake.log", json!({"lines": 3, "level": "warn"})).await;
         assert_eq!(response["result"], json!({"lines": 3}));

@@ -8,10 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bkg_plugin_llm::LlmPlugin;
-use bkg_plugin_sdk::{ExitReason, ServeOptions, serve_io};
+use bkg_plugin_sdk::testing::TestHost;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, Lines};
-use tokio::task::JoinHandle;
 
 /// The default model in the model cache, or a panic that says how to get it.
 fn model_path() -> PathBuf {
@@ -23,101 +21,30 @@ fn model_path() -> PathBuf {
     path
 }
 
-struct Daemon {
-    to_plugin: DuplexStream,
-    from_plugin: Lines<BufReader<DuplexStream>>,
-    serving: JoinHandle<ExitReason>,
-    next_id: u64,
+fn host() -> TestHost {
+    let mut d = TestHost::start(LlmPlugin::default(), "warn", 1024 * 1024);
+    // Model load and generation in a debug test build.
+    d.reply_timeout = Duration::from_secs(120);
+    d
 }
 
-impl Daemon {
-    fn start() -> Self {
-        let (to_plugin, plugin_stdin) = tokio::io::duplex(1024 * 1024);
-        let (plugin_stdout, from_plugin) = tokio::io::duplex(1024 * 1024);
-        let log_level = bkg_plugin_sdk::logging::install("warn");
-        let options = ServeOptions { watch_parent: false, reap_group: false };
-        let serving = tokio::spawn(serve_io(
-            LlmPlugin::default(),
-            Box::pin(plugin_stdin),
-            Box::pin(plugin_stdout),
-            log_level,
-            options,
-        ));
-        Self { to_plugin, from_plugin: BufReader::new(from_plugin).lines(), serving, next_id: 10 }
-    }
-
-    async fn send(&mut self, message: Value) {
-        let mut line = serde_json::to_vec(&message).unwrap();
-        line.push(b'\n');
-        self.to_plugin.write_all(&line).await.unwrap();
-    }
-
-    async fn request(&mut self, method: &str, params: Value) -> u64 {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.send(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})).await;
-        id
-    }
-
-    async fn recv(&mut self) -> Value {
-        let line = tokio::time::timeout(Duration::from_secs(120), self.from_plugin.next_line())
-            .await
-            .expect("plug-in answered in time")
-            .unwrap()
-            .expect("plug-in output open");
-        serde_json::from_str(&line).unwrap()
-    }
-
-    /// The final response to `id`, skipping (and returning) the stream chunks before it.
-    async fn response(&mut self, id: u64) -> (Vec<Value>, Value) {
-        let mut chunks = Vec::new();
-        loop {
-            let m = self.recv().await;
-            if m["method"] == "$/stream" && m["params"]["id"] == id {
-                chunks.push(m["params"]["data"].clone());
-            } else if m["id"] == id {
-                return (chunks, m);
-            }
+/// Handshake with the real model, then waits until `plugin.health` says serving.
+async fn ready(config: Value) -> TestHost {
+    let mut d = host();
+    let mut config = config;
+    config["model_path"] = json!(model_path());
+    let init = d.handshake(config).await;
+    assert!(init.get("result").is_some(), "{init}");
+    let started = Instant::now();
+    loop {
+        let h = d.call("plugin.health", json!({})).await;
+        match h["result"]["status"].as_str() {
+            Some("serving") => return d,
+            Some("starting") => {}
+            other => panic!("unexpected health {other:?}: {h}"),
         }
-    }
-
-    async fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.request(method, params).await;
-        self.response(id).await.1
-    }
-
-    async fn handshake(&mut self, config: Value) -> Value {
-        self.send(json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                         "params": {"protocolVersions": [1], "config": config}}))
-            .await;
-        let response = self.recv().await;
-        self.send(json!({"jsonrpc": "2.0", "method": "initialized", "params": {}})).await;
-        response
-    }
-
-    /// Handshake with the real model, then waits until `plugin.health` says serving.
-    async fn ready(config: Value) -> Self {
-        let mut d = Self::start();
-        let mut config = config;
-        config["model_path"] = json!(model_path());
-        let init = d.handshake(config).await;
-        assert!(init.get("result").is_some(), "{init}");
-        let started = Instant::now();
-        loop {
-            let h = d.call("plugin.health", json!({})).await;
-            match h["result"]["status"].as_str() {
-                Some("serving") => return d,
-                Some("starting") => {}
-                other => panic!("unexpected health {other:?}: {h}"),
-            }
-            assert!(started.elapsed() < Duration::from_secs(120), "model not ready: {h}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn close(self) {
-        drop(self.to_plugin);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.serving).await;
+        assert!(started.elapsed() < Duration::from_secs(120), "model not ready: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -125,7 +52,7 @@ const FRANCE: &str = "What is the capital of France?";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_streams_and_cancels_with_the_real_model() {
-    let mut d = Daemon::ready(json!({})).await;
+    let mut d = ready(json!({})).await;
 
     // Non-streaming: the whole text in the result.
     let r = d.call("llm.generate", json!({"prompt": FRANCE, "temperature": 0, "max_tokens": 24})).await;
@@ -206,7 +133,7 @@ async fn answers_streams_and_cancels_with_the_real_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_with_retry_after() {
-    let mut d = Daemon::ready(json!({"max_concurrent": 1, "max_queue": 0})).await;
+    let mut d = ready(json!({"max_concurrent": 1, "max_queue": 0})).await;
     let long = json!({"prompt": "Count from 1 to 500.", "temperature": 0, "max_tokens": 400, "stream": true});
     let first = d.request("llm.generate", long).await;
     // Wait until the first one runs, then a second is refused at once.
@@ -238,7 +165,7 @@ async fn a_full_queue_answers_429_with_retry_after() {
 
 #[tokio::test]
 async fn a_bad_model_path_fails_the_handshake_with_what_to_do() {
-    let mut d = Daemon::start();
+    let mut d = host();
     let r = d.handshake(json!({"model_path": "/nonexistent/model.gguf"})).await;
     assert_eq!(r["error"]["code"], -32602, "{r}");
     let message = r["error"]["message"].as_str().unwrap();
@@ -251,7 +178,7 @@ async fn a_bad_model_path_fails_the_handshake_with_what_to_do() {
     let bad = tmp.path().join("truncated.gguf");
     let bytes = std::fs::read(model_path()).unwrap();
     std::fs::write(&bad, &bytes[..4096]).unwrap();
-    let mut d = Daemon::start();
+    let mut d = host();
     let init = d.handshake(json!({"model_path": bad})).await;
     assert!(init.get("result").is_some(), "{init}");
     let health = loop {

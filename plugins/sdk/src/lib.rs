@@ -35,6 +35,8 @@ pub mod logging;
 pub mod protocol;
 pub mod server;
 pub mod stdio;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use protocol::{Health, HealthStatus, InitializeParams, Limits, MethodInfo, PluginInfo, RequestId, RpcError};
 pub use server::{CallContext, ExitReason, Plugin, ServeOptions, run, serve_io};
