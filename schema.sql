@@ -43,6 +43,32 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_ts ON audit (ts);
 
+-- LLM request history: one row per generation through /llm/infer, /llm/stream,
+-- /v1/chat/completions or a replay, bounded by retention.llm_history_max_rows and
+-- retention.llm_history_max_age_days. Never headers or credentials.
+CREATE TABLE IF NOT EXISTS llm_history (
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,   -- never reused: the paging cursor
+    req_id            TEXT,
+    actor             TEXT NOT NULL,
+    route             TEXT NOT NULL,         -- /llm/infer, /llm/stream, /v1/chat/completions, replay
+    model             TEXT,
+    request           TEXT NOT NULL,         -- the llm.generate params as JSON (an /llm/infer body)
+    stream            INTEGER NOT NULL,
+    outcome           TEXT NOT NULL CHECK (outcome IN ('ok', 'cancelled', 'error')),
+    output            TEXT NOT NULL,         -- the text sent to the client (partial if cut short)
+    finish_reason     TEXT,
+    error             TEXT,                  -- JSON {status, code, message}
+    prompt_tokens     INTEGER,
+    completion_tokens INTEGER,
+    queue_ms          INTEGER,
+    ttft_ms           INTEGER,
+    total_ms          INTEGER,
+    replay_of         INTEGER,               -- the row this one re-ran (may be pruned since)
+    created_at        INTEGER NOT NULL       -- unix seconds, when the request ended
+);
+CREATE INDEX IF NOT EXISTS llm_history_created ON llm_history (created_at);
+CREATE INDEX IF NOT EXISTS llm_history_actor ON llm_history (actor, id);
+
 -- Small facts about the database itself (for example whether the registry was seeded).
 CREATE TABLE IF NOT EXISTS meta (
     key         TEXT PRIMARY KEY,

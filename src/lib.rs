@@ -1,6 +1,7 @@
 //! `bkg`: a supervisor daemon for an AI backend.
 //!
 //! Codemap (see ARCHITECTURE.md for the invariants):
+//! - [`answer`]: answers with sources: prompt budget, `[n]` citation checks (pure).
 //! - [`app`]: wiring, startup and shutdown order, [`app::AppState`].
 //! - [`config`]: the plug-in registry (`plugins.json`) and its validation.
 //! - [`supervisor`]: plug-in processes and their state machine (the only module that spawns or
@@ -13,6 +14,7 @@
 //! - [`settings`]: the daemon's settings groups (typed, validated, live).
 //! - [`shutdown`]: signals and the graceful/forced shutdown tokens.
 
+pub mod answer;
 pub mod app;
 pub mod auth;
 pub mod config;

@@ -28,6 +28,10 @@ pub const MIN_BODY_LIMIT: u64 = 1024;
 pub const MAX_APPLY_WAIT_MS: u64 = 120_000;
 /// Most config versions kept per plug-in (`retention.config_versions_kept`; 0 keeps all).
 pub const MAX_VERSIONS_KEPT: u32 = 1_000_000;
+/// Most LLM history rows kept (`retention.llm_history_max_rows`; 0 turns history off).
+pub const MAX_LLM_HISTORY_ROWS: u32 = 10_000_000;
+/// Oldest LLM history kept, in days (`retention.llm_history_max_age_days`).
+pub const MAX_LLM_HISTORY_AGE_DAYS: u32 = 3650;
 
 /// One settings group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,11 +109,16 @@ pub struct Retention {
     /// Config versions kept per plug-in, newest first (the current one is always kept); 0 keeps
     /// every version.
     pub config_versions_kept: u32,
+    /// LLM history rows kept, newest first; 0 turns the history off (nothing new is recorded,
+    /// existing rows are left to the age bound).
+    pub llm_history_max_rows: u32,
+    /// LLM history rows older than this many days are deleted (1 to 3650).
+    pub llm_history_max_age_days: u32,
 }
 
 impl Default for Retention {
     fn default() -> Self {
-        Self { config_versions_kept: 100 }
+        Self { config_versions_kept: 100, llm_history_max_rows: 10_000, llm_history_max_age_days: 30 }
     }
 }
 
@@ -194,6 +203,20 @@ impl DaemonSettings {
                         format!("must be between 0 (keep all) and {MAX_VERSIONS_KEPT}, got {v}"),
                     ));
                 }
+                let v = self.retention.llm_history_max_rows;
+                if v > MAX_LLM_HISTORY_ROWS {
+                    return Err(SettingError::new(
+                        "retention.llm_history_max_rows",
+                        format!("must be between 0 (history off) and {MAX_LLM_HISTORY_ROWS}, got {v}"),
+                    ));
+                }
+                let v = self.retention.llm_history_max_age_days;
+                if !(1..=MAX_LLM_HISTORY_AGE_DAYS).contains(&v) {
+                    return Err(SettingError::new(
+                        "retention.llm_history_max_age_days",
+                        format!("must be between 1 and {MAX_LLM_HISTORY_AGE_DAYS}, got {v}"),
+                    ));
+                }
                 Ok(())
             }
         }
@@ -274,6 +297,12 @@ pub struct SettingsArgs {
     /// Config versions kept per plug-in, 0 = all [settings: retention.config_versions_kept].
     #[arg(long, env = "BKG_CONFIG_VERSIONS_KEPT")]
     pub config_versions_kept: Option<u32>,
+    /// LLM history rows kept, 0 = history off [settings: retention.llm_history_max_rows].
+    #[arg(long, env = "BKG_LLM_HISTORY_MAX_ROWS")]
+    pub llm_history_max_rows: Option<u32>,
+    /// Days of LLM history kept [settings: retention.llm_history_max_age_days].
+    #[arg(long, env = "BKG_LLM_HISTORY_MAX_AGE_DAYS")]
+    pub llm_history_max_age_days: Option<u32>,
 }
 
 /// The flag and env variable of a field, for `overrides` in the API.
@@ -283,6 +312,8 @@ fn override_source(group: Group, field: &str) -> &'static str {
         (Group::Security, "body_limit_bytes") => "--body-limit-bytes / BKG_BODY_LIMIT_BYTES",
         (Group::Plugins, "config_apply_wait_ms") => "--config-apply-wait-ms / BKG_CONFIG_APPLY_WAIT_MS",
         (Group::Retention, "config_versions_kept") => "--config-versions-kept / BKG_CONFIG_VERSIONS_KEPT",
+        (Group::Retention, "llm_history_max_rows") => "--llm-history-max-rows / BKG_LLM_HISTORY_MAX_ROWS",
+        (Group::Retention, "llm_history_max_age_days") => "--llm-history-max-age-days / BKG_LLM_HISTORY_MAX_AGE_DAYS",
         _ => "",
     }
 }
@@ -312,6 +343,14 @@ impl SettingsArgs {
             s.retention.config_versions_kept = v;
             s.validate(Group::Retention)?;
         }
+        if let Some(v) = self.llm_history_max_rows {
+            s.retention.llm_history_max_rows = v;
+            s.validate(Group::Retention)?;
+        }
+        if let Some(v) = self.llm_history_max_age_days {
+            s.retention.llm_history_max_age_days = v;
+            s.validate(Group::Retention)?;
+        }
         Ok(s)
     }
 
@@ -321,7 +360,11 @@ impl SettingsArgs {
             Group::Logging => &[("level", self.log_level().is_some())],
             Group::Security => &[("body_limit_bytes", self.body_limit_bytes.is_some())],
             Group::Plugins => &[("config_apply_wait_ms", self.config_apply_wait_ms.is_some())],
-            Group::Retention => &[("config_versions_kept", self.config_versions_kept.is_some())],
+            Group::Retention => &[
+                ("config_versions_kept", self.config_versions_kept.is_some()),
+                ("llm_history_max_rows", self.llm_history_max_rows.is_some()),
+                ("llm_history_max_age_days", self.llm_history_max_age_days.is_some()),
+            ],
         };
         set.iter()
             .filter(|(_, on)| *on)
@@ -406,6 +449,12 @@ impl LiveSettings {
         self.current().retention.config_versions_kept
     }
 
+    /// How much LLM history to keep (`max_rows == 0`: history off).
+    pub fn llm_history_bounds(&self) -> crate::store::LlmHistoryBounds {
+        let r = self.current.read().unwrap_or_else(|e| e.into_inner()).retention.clone();
+        crate::store::LlmHistoryBounds { max_rows: r.llm_history_max_rows, max_age_days: r.llm_history_max_age_days }
+    }
+
     /// Makes `next` the running settings; returns `true` if the log level changed (the caller
     /// forwards it to plug-ins).
     pub fn apply(&self, next: DaemonSettings) -> bool {
@@ -450,6 +499,9 @@ mod tests {
             (Group::Security, json!([]), "security"),
             (Group::Plugins, json!({"config_apply_wait_ms": 999_999_999}), "plugins.config_apply_wait_ms"),
             (Group::Retention, json!({"config_versions_kept": "5"}), "retention.config_versions_kept"),
+            (Group::Retention, json!({"llm_history_max_rows": 20_000_000}), "retention.llm_history_max_rows"),
+            (Group::Retention, json!({"llm_history_max_age_days": 0}), "retention.llm_history_max_age_days"),
+            (Group::Retention, json!({"llm_history_max_age_days": -3}), "retention.llm_history_max_age_days"),
         ];
         for (group, value, field) in cases {
             let err = s.with_group(group, &value).unwrap_err();
@@ -477,6 +529,12 @@ mod tests {
         assert_eq!(empty.apply_to(&DaemonSettings::default()).unwrap().logging.level, "info");
         let bad = SettingsArgs { log_level: Some("x=y=z".into()), ..Default::default() };
         assert_eq!(bad.apply_to(&DaemonSettings::default()).unwrap_err().field, "logging.level");
+        let off = SettingsArgs { llm_history_max_rows: Some(0), ..Default::default() };
+        assert_eq!(off.apply_to(&DaemonSettings::default()).unwrap().retention.llm_history_max_rows, 0);
+        assert!(off.overrides(Group::Retention).contains_key("llm_history_max_rows"));
+        let bad = SettingsArgs { llm_history_max_age_days: Some(0), ..Default::default() };
+        let err = bad.apply_to(&DaemonSettings::default()).unwrap_err();
+        assert_eq!(err.field, "retention.llm_history_max_age_days");
     }
 
     #[test]

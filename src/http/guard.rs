@@ -52,10 +52,16 @@ const SCOPES: &[(&str, &str, &str)] = &[
     ("POST", "/rag/query", "rag:query"),
     ("POST", "/rag/reindex", "rag:write"),
     ("GET", "/rag/status", "rag:query"),
+    // Also needs `llm:use`, checked by the handler (`http::answer`).
+    ("POST", "/rag/answer", "rag:query"),
     ("POST", "/llm/infer", "llm:use"),
     ("GET", "/llm/stream", "llm:use"),
     ("POST", "/v1/chat/completions", "llm:use"),
     ("GET", "/v1/models", "llm:use"),
+    // Own entries only, unless the caller also holds `audit:read` (see `http::history`).
+    ("GET", "/llm/history", "llm:use"),
+    ("GET", "/llm/history/{id}", "llm:use"),
+    ("POST", "/llm/history/replay", "llm:use"),
 ];
 
 /// The scope a route needs, if the route is in the table.

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use super::AppState;
 use super::error::ApiError;
 use super::guard::Caller;
+use super::history::Recorder;
 use crate::rpc::{self, CallOptions};
 
 /// The plug-in behind these routes.
@@ -102,7 +103,7 @@ impl LlmError {
     }
 
     /// The `error` payload of an SSE or WebSocket event.
-    fn event_payload(&self) -> Value {
+    pub(super) fn event_payload(&self) -> Value {
         let mut v = self.body();
         v["error"]["status"] = json!(self.status.as_u16());
         v["error"]["retryable"] =
@@ -241,14 +242,39 @@ pub(super) struct Generation {
     first: Option<Item>,
     rx: mpsc::Receiver<Item>,
     _task: AbortOnDrop,
+    /// Sees every item; dropped unfinished, it records the request as cancelled.
+    recorder: Recorder,
 }
 
 impl Generation {
     /// The next item; `None` after the final one.
     pub(super) async fn next(&mut self) -> Option<Item> {
-        match self.first.take() {
+        let item = match self.first.take() {
             Some(first) => Some(first),
             None => self.rx.recv().await,
+        };
+        if let Some(item) = &item {
+            self.recorder.observe(item);
+        }
+        item
+    }
+}
+
+/// [`start_stream`], recorded in the LLM history by `recorder` (an error before the first
+/// item included).
+pub(super) async fn start_stream_recorded(
+    state: &AppState,
+    params: Value,
+    mut recorder: Recorder,
+) -> Result<Generation, LlmError> {
+    match start_stream(state, params).await {
+        Ok(mut g) => {
+            g.recorder = recorder;
+            Ok(g)
+        }
+        Err(e) => {
+            recorder.finish(&Err(e.clone()));
+            Err(e)
         }
     }
 }
@@ -294,7 +320,7 @@ pub(super) async fn start_stream(state: &AppState, params: Value) -> Result<Gene
     let task = AbortOnDrop(task);
     match rx.recv().await {
         Some(Item::Done(Err(e))) => Err(e),
-        Some(first) => Ok(Generation { first: Some(first), rx, _task: task }),
+        Some(first) => Ok(Generation { first: Some(first), rx, _task: task, recorder: Recorder::off() }),
         None => Err(LlmError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the generation task ended early")),
     }
 }
@@ -321,25 +347,48 @@ fn object(body: Result<Json<Value>, JsonRejection>, allowed: &[&str]) -> Result<
 /// stream of `token` events (`{"delta"}`), `status` events, and one `end` (the summary) or
 /// `error` event.
 pub(super) async fn infer(
-    _caller: Caller,
+    caller: Caller,
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, LlmError> {
-    let mut params = object(body, INFER_KEYS)?;
+    let mut params = object(body, &[INFER_KEYS, &["rag"]].concat())?;
+    let rag = params.remove("rag").filter(|r| !r.is_null());
     let stream = match params.remove("stream") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
         Some(_) => return Err(LlmError::bad_request("stream", "must be a boolean")),
     };
+    if let Some(rag) = rag {
+        // Answers with sources: retrieval, numbered sources, checked citations (`http::answer`).
+        return super::answer::infer_with_rag(&state, &caller, params, rag, stream).await;
+    }
+    let recorder = Recorder::start(&state, &caller, "/llm/infer", &params, stream);
+    run_infer(&state, params, stream, recorder).await
+}
+
+/// One non-streaming `llm.generate` call. Dropping this future (the client disconnected)
+/// cancels the generation.
+pub(super) async fn generate(state: &AppState, params: Value) -> Result<Value, LlmError> {
+    let client = client(state)?;
+    let options = CallOptions { timeout: Some(GENERATE_TIMEOUT), stream: None };
+    client.call("llm.generate", params, options).await.map_err(map_rpc)
+}
+
+/// Runs checked `/llm/infer` params (without `stream`) and answers as `/llm/infer` does;
+/// `POST /llm/history/replay` uses it too.
+pub(super) async fn run_infer(
+    state: &AppState,
+    params: Map<String, Value>,
+    stream: bool,
+    mut recorder: Recorder,
+) -> Result<Response, LlmError> {
     let params = Value::Object(params);
     if !stream {
-        let client = client(&state)?;
-        let options = CallOptions { timeout: Some(GENERATE_TIMEOUT), stream: None };
-        // Dropping this future (the client disconnected) cancels the generation.
-        let result = client.call("llm.generate", params, options).await.map_err(map_rpc)?;
-        return Ok(Json(result).into_response());
+        let result = generate(state, params).await;
+        recorder.finish(&result);
+        return Ok(Json(result?).into_response());
     }
-    let generation = start_stream(&state, params).await?;
+    let generation = start_stream_recorded(state, params, recorder).await?;
     let events = futures_util::stream::unfold(Some(generation), |state| async move {
         let mut g = state?;
         let (event, done) = infer_event(g.next().await?);
@@ -371,7 +420,7 @@ fn infer_event(item: Item) -> (Event, bool) {
 /// `event` ∈ `status | token | error | end` for that `req_id`. Up to 8 requests run at once per
 /// socket; closing the socket cancels all of them.
 pub(super) async fn ws(
-    _caller: Caller,
+    caller: Caller,
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
     upgrade: WebSocketUpgrade,
@@ -383,7 +432,7 @@ pub(super) async fn ws(
     }
     // Frames up to 16 MiB are read so that an oversized prompt gets an `error` event instead of
     // a dropped connection; more than `WS_MAX_FRAME` is refused by us.
-    Ok(upgrade.max_message_size(16 << 20).on_upgrade(move |socket| serve_socket(socket, state)))
+    Ok(upgrade.max_message_size(16 << 20).on_upgrade(move |socket| serve_socket(socket, state, caller)))
 }
 
 /// One server message.
@@ -410,7 +459,7 @@ struct Running {
     tasks: HashMap<String, (u64, AbortOnDrop)>,
 }
 
-async fn serve_socket(mut socket: WebSocket, state: AppState) {
+async fn serve_socket(mut socket: WebSocket, state: AppState, caller: Caller) {
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(CHUNK_BUFFER);
     let mut running = Running::default();
     let shutdown = state.shutdown().graceful.clone();
@@ -423,7 +472,7 @@ async fn serve_socket(mut socket: WebSocket, state: AppState) {
                     _ => return,
                 };
                 let reply = match message {
-                    Message::Text(text) => handle_ws_text(&state, text.as_str(), &mut running, &out_tx),
+                    Message::Text(text) => handle_ws_text(&state, &caller, text.as_str(), &mut running, &out_tx),
                     Message::Binary(_) => Some(ws_error(
                         &Value::Null,
                         &LlmError::bad_request("frame", "binary frames are not supported; send JSON text"),
@@ -458,7 +507,13 @@ async fn serve_socket(mut socket: WebSocket, state: AppState) {
 }
 
 /// Handles one client frame; returns an immediate reply, if any.
-fn handle_ws_text(state: &AppState, text: &str, running: &mut Running, out: &mpsc::Sender<Out>) -> Option<Message> {
+fn handle_ws_text(
+    state: &AppState,
+    caller: &Caller,
+    text: &str,
+    running: &mut Running,
+    out: &mpsc::Sender<Out>,
+) -> Option<Message> {
     if text.len() > WS_MAX_FRAME {
         let e = LlmError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -521,13 +576,15 @@ fn handle_ws_text(state: &AppState, text: &str, running: &mut Running, out: &mps
                 return Some(ws_error(&req_id, &LlmError::bad_request(k, format!("unknown field {k:?} in payload"))));
             }
             params.remove("stream");
+            let req = format!("{}/{}", caller.request_id.as_deref().unwrap_or("-"), req_id.as_str().unwrap_or(&key));
+            let recorder = Recorder::start(state, caller, "/llm/stream", &params, true).with_req_id(req);
             running.next_serial += 1;
             let serial = running.next_serial;
             let out = out.clone();
             let state = state.clone();
             let task_key = key.clone();
             let task = tokio::spawn(async move {
-                forward_ws(&state, Value::Object(params), &req_id, &out).await;
+                forward_ws(&state, Value::Object(params), &req_id, &out, recorder).await;
                 let _ = out.send(Out::Finished(task_key, serial)).await;
             });
             running.tasks.insert(key, (serial, AbortOnDrop(task)));
@@ -538,9 +595,9 @@ fn handle_ws_text(state: &AppState, text: &str, running: &mut Running, out: &mps
 }
 
 /// Runs one WebSocket request and forwards its events.
-async fn forward_ws(state: &AppState, params: Value, req_id: &Value, out: &mpsc::Sender<Out>) {
+async fn forward_ws(state: &AppState, params: Value, req_id: &Value, out: &mpsc::Sender<Out>, recorder: Recorder) {
     let send = |m: Message| out.send(Out::Send(m));
-    let mut g = match start_stream(state, params).await {
+    let mut g = match start_stream_recorded(state, params, recorder).await {
         Ok(g) => g,
         Err(e) => {
             let _ = send(ws_error(req_id, &e)).await;

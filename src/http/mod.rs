@@ -3,11 +3,13 @@
 //! Architecture Invariant: this is the only module that knows axum or HTTP status codes; handlers
 //! are thin (parse, call, map). Every guarded handler takes a `guard::Caller`.
 
+mod answer;
 mod auth;
 mod config;
 pub mod error;
 pub mod guard;
 mod health;
+mod history;
 mod keys;
 mod llm;
 mod logs;
@@ -62,11 +64,16 @@ pub fn router(state: AppState) -> Router {
         .route("/rag/query", post(rag::query))
         .route("/rag/reindex", post(rag::reindex))
         .route("/rag/status", get(rag::status))
+        // Streams with `stream: true`, like /llm/infer.
+        .route("/rag/answer", post(answer::answer))
         // Streams (SSE, WebSocket): no timeout layer may wrap these; `llm` bounds them itself.
         .route("/llm/infer", post(llm::infer))
         .route("/llm/stream", get(llm::ws))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(openai::models))
+        .route("/llm/history", get(history::list))
+        .route("/llm/history/{id}", get(history::get))
+        .route("/llm/history/replay", post(history::replay))
         // Inside the default limit below, so `security.body_limit_bytes` is the one that counts.
         .layer(axum::middleware::from_fn_with_state(state.clone(), settings::body_limit))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -21,6 +21,7 @@ use serde_json::{Map, Value, json};
 
 use super::AppState;
 use super::guard::Caller;
+use super::history::Recorder;
 use super::llm::{self, Generation, Item, LlmError};
 use crate::rpc::CallOptions;
 
@@ -153,18 +154,19 @@ fn usage(summary: &Value) -> Value {
 
 /// `POST /v1/chat/completions`.
 pub(super) async fn chat_completions(
-    _caller: Caller,
+    caller: Caller,
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Result<Response, OpenAiError> {
     let request = chat_request(body)?;
+    let mut recorder = Recorder::start(&state, &caller, "/v1/chat/completions", &request.params, request.stream);
     let id = completion_id();
     let created = llm::unix_now();
     if !request.stream {
-        let client = llm::client(&state)?;
-        let options = CallOptions { timeout: Some(llm::GENERATE_TIMEOUT), stream: None };
         // Dropping this future (the client disconnected) cancels the generation.
-        let result = client.call("llm.generate", Value::Object(request.params), options).await.map_err(llm::map_rpc)?;
+        let result = llm::generate(&state, Value::Object(request.params)).await;
+        recorder.finish(&result);
+        let result = result?;
         let model = result["model"].as_str().map(str::to_owned).or(request.model).unwrap_or_default();
         let mut body = json!({
             "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -180,7 +182,7 @@ pub(super) async fn chat_completions(
         body["timings"] = result["timings"].clone();
         return Ok(Json(body).into_response());
     }
-    let generation = llm::start_stream(&state, Value::Object(request.params)).await?;
+    let generation = llm::start_stream_recorded(&state, Value::Object(request.params), recorder).await?;
     let model = request.model.unwrap_or_default();
     let chunks =
         ChunkStream { generation, id, created, model, include_usage: request.include_usage, phase: Phase::Role };

@@ -69,6 +69,17 @@ const AUDIT_QUERY: &[Param] = &[
     Param { name: "offset", kind: "integer", description: "the next_offset of the previous page" },
 ];
 
+const HISTORY_QUERY: &[Param] = &[
+    Param { name: "limit", kind: "integer", description: "entries per page (1 to 200, default 50)" },
+    Param {
+        name: "before",
+        kind: "integer",
+        description: "only entries with a smaller id: the next_before of the previous page",
+    },
+    Param { name: "actor", kind: "string", description: "user:<name> or key:<id> (others' need audit:read)" },
+    Param { name: "route", kind: "string", description: "/llm/infer, /llm/stream, /v1/chat/completions or replay" },
+];
+
 /// Routes that need no credentials.
 pub const PUBLIC: &[(&str, &str)] = &[("GET", "/health"), ("GET", "/openapi.json"), ("POST", "/auth/login")];
 
@@ -151,9 +162,18 @@ pub const ROUTES: &[RouteDoc] = &[
     route("GET", "/rag/status", "rag", "Index size, model state, progress of a running reindex"),
     with_body(route(
         "POST",
+        "/rag/answer",
+        "rag",
+        "Answer with sources: {question, k?: 1..10, mode?, max_tokens?, temperature?, stream?} → {answer, sources \
+         [{n, path, start, end, heading, text, sha256, score, cited}], usage, finish_reason, dropped_citations}; \
+         SSE sources, token, summary with stream; also needs llm:use",
+    )),
+    with_body(route(
+        "POST",
         "/llm/infer",
         "llm",
-        "Generate text: {prompt | messages, max_tokens, temperature, top_p, stop, seed, stream?}; SSE token events with stream",
+        "Generate text: {prompt | messages, max_tokens, temperature, top_p, stop, seed, stream?, rag?}; SSE token events \
+         with stream; rag: {k?, mode?} answers with sources (also needs rag:query)",
     )),
     route("GET", "/llm/stream", "llm", "WebSocket: several generations per socket by req_id, with cancel"),
     with_body(route(
@@ -163,6 +183,23 @@ pub const ROUTES: &[RouteDoc] = &[
         "OpenAI-compatible chat completions (stream and non-stream)",
     )),
     route("GET", "/v1/models", "llm", "OpenAI-compatible model list"),
+    RouteDoc {
+        query: HISTORY_QUERY,
+        ..route(
+            "GET",
+            "/llm/history",
+            "llm",
+            "LLM request history, newest first: input, output, usage, timings, outcome; {entries, next_before} \
+             (own entries; every actor's with audit:read)",
+        )
+    },
+    route("GET", "/llm/history/{id}", "llm", "One LLM history entry (404 when unknown or another actor's)"),
+    with_body(route(
+        "POST",
+        "/llm/history/replay",
+        "llm",
+        "Run a history entry again as a new request ({id, stream?}); answers like /llm/infer",
+    )),
 ];
 
 /// The names of a path's `{parameters}`.

@@ -25,7 +25,7 @@ const PLUGIN: &str = "rag";
 /// Largest `top_k` accepted at the edge (the plug-in may be configured lower).
 const MAX_TOP_K: u64 = 100;
 /// Longest query in bytes.
-const MAX_QUERY_BYTES: usize = 2048;
+pub(super) const MAX_QUERY_BYTES: usize = 2048;
 /// Longest `path_prefix` in bytes.
 const MAX_PREFIX_BYTES: usize = 4096;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,7 +35,7 @@ const REINDEX_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Calls the plug-in, mapping its errors onto HTTP.
-async fn call(state: &AppState, method: &str, params: Value, timeout: Duration) -> Result<Value, ApiError> {
+pub(super) async fn call(state: &AppState, method: &str, params: Value, timeout: Duration) -> Result<Value, ApiError> {
     let supervisor = state.supervisor();
     if supervisor.client(PLUGIN).is_none() {
         let snapshot = supervisor.snapshot();

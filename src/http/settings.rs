@@ -71,7 +71,7 @@ pub(super) async fn get(
 /// `PUT /admin/settings/{group}` with the complete group as body (absent fields take their
 /// defaults; unknown fields and out-of-range values are 400 and change nothing). Stored with an
 /// audit row, then applied at once: a new `logging.level` swaps the daemon's log filter and is
-/// sent to every plug-in; a new `retention.config_versions_kept` trims histories now.
+/// sent to every plug-in; new `retention` bounds trim config and LLM histories now.
 pub(super) async fn put(
     caller: Caller,
     State(state): State<AppState>,
@@ -91,6 +91,12 @@ pub(super) async fn put(
         .await?;
     if state.settings().apply(next.clone()) {
         state.supervisor().set_log_level(&plugin_level(&next.logging.level)).await;
+    }
+    if group == Group::Retention {
+        // The LLM history is trimmed to the new bounds now (new rows are pruned as they come).
+        if let Err(e) = state.store().prune_llm_history(state.settings().llm_history_bounds()).await {
+            tracing::warn!(error = %e, "cannot prune the llm history");
+        }
     }
     tracing::info!(actor = %caller.actor, group = group.as_str(), value = %stored.value, "settings changed");
     Ok(Json(view(&state, &next, group, Some(&stored))))

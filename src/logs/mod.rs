@@ -9,8 +9,10 @@ mod parse;
 mod ring;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -104,7 +106,7 @@ impl PluginLog {
     /// Admits one line through the rate limiter; returns how many lines were dropped since the
     /// last admitted one (to be announced), or `None` when this line must be dropped.
     pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut bucket = lock(&self.limiter);
+        let mut bucket = self.limiter.lock();
         if bucket.take(now) {
             Some(std::mem::take(&mut bucket.dropped_since_admit))
         } else {
@@ -118,7 +120,7 @@ impl PluginLog {
     pub fn push(&self, mut line: LogLine) -> Arc<LogLine> {
         self.counters.lines.fetch_add(1, Ordering::Relaxed);
         self.counters.bytes.fetch_add(line.msg.len() as u64, Ordering::Relaxed);
-        let mut ring = lock(&self.ring);
+        let mut ring = self.ring.lock();
         line.seq = ring.next_seq();
         let line = Arc::new(line);
         ring.push(Arc::clone(&line));
@@ -131,12 +133,12 @@ impl PluginLog {
 
     /// The most recent `n` lines.
     pub fn tail(&self, n: usize) -> Vec<Arc<LogLine>> {
-        lock(&self.ring).tail(n)
+        self.ring.lock().tail(n)
     }
 
     /// Subscribes; the backlog holds lines with `seq > after` (at most `tail` of them).
     pub fn subscribe(&self, after: Option<u64>, tail: usize) -> Subscription {
-        let ring = lock(&self.ring);
+        let ring = self.ring.lock();
         let live = self.live.subscribe();
         let (backlog, gap) = ring.after(after, tail);
         Subscription { backlog, gap, live }
@@ -144,13 +146,8 @@ impl PluginLog {
 
     /// Sequence number the next line will get.
     pub fn next_seq(&self) -> u64 {
-        lock(&self.ring).next_seq()
+        self.ring.lock().next_seq()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Critical sections here never panic half-way; a poisoned lock still holds valid data.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// All plug-in logs, by name, plus the merged live stream.
@@ -175,21 +172,21 @@ impl LogHub {
 
     /// The log of `name`, created on first use.
     pub fn plugin(&self, name: &str) -> Arc<PluginLog> {
-        if let Some(log) = self.0.logs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name) {
+        if let Some(log) = self.0.logs.read().get(name) {
             return Arc::clone(log);
         }
-        let mut logs = self.0.logs.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut logs = self.0.logs.write();
         Arc::clone(logs.entry(name.to_owned()).or_insert_with(|| Arc::new(PluginLog::new(name, self.0.all.clone()))))
     }
 
     /// The log of `name` if it exists.
     pub fn get(&self, name: &str) -> Option<Arc<PluginLog>> {
-        self.0.logs.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+        self.0.logs.read().get(name).cloned()
     }
 
     /// Every plug-in log.
     pub fn all(&self) -> Vec<Arc<PluginLog>> {
-        self.0.logs.read().unwrap_or_else(std::sync::PoisonError::into_inner).values().cloned().collect()
+        self.0.logs.read().values().cloned().collect()
     }
 
     /// The merged live stream of every plug-in.

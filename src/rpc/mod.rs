@@ -8,8 +8,10 @@
 mod transport;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bkg_plugin_sdk::protocol::{self, CancelParams, Limits, MethodInfo, RequestId, RpcError, codes, methods};
@@ -77,7 +79,7 @@ struct Inner {
     close_input: CancellationToken,
     shutting_down: AtomicBool,
     default_timeout: Duration,
-    negotiated: std::sync::RwLock<Negotiated>,
+    negotiated: RwLock<Negotiated>,
     stats: Stats,
     /// Time of the last message from the plug-in, as ms since `epoch`.
     last_activity_ms: AtomicU64,
@@ -121,11 +123,6 @@ impl Default for ClientConfig {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The pending map is only touched in short, panic-free sections.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl RpcClient {
     /// Starts the reader and writer tasks over a child's stdout and stdin.
     pub fn start<R, W>(stdout: R, stdin: W, config: ClientConfig) -> Self
@@ -142,7 +139,7 @@ impl RpcClient {
             close_input: CancellationToken::new(),
             shutting_down: AtomicBool::new(false),
             default_timeout: config.default_timeout,
-            negotiated: std::sync::RwLock::new(Negotiated {
+            negotiated: RwLock::new(Negotiated {
                 max_concurrent: usize::MAX,
                 max_message_bytes: config.max_outgoing_bytes,
                 timeouts: HashMap::new(),
@@ -171,7 +168,7 @@ impl RpcClient {
             return Err(Error::Unavailable);
         }
         let (timeout, max_bytes, max_concurrent) = {
-            let n = self.0.negotiated.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = self.0.negotiated.read();
             // A plug-in may shorten the daemon's default deadline for a method, never lengthen it;
             // an explicit deadline from the caller wins.
             let declared = n.timeouts.get(method).copied().unwrap_or(self.0.default_timeout);
@@ -186,7 +183,7 @@ impl RpcClient {
         }
         let (tx, rx) = oneshot::channel();
         {
-            let mut pending = lock(&self.0.pending);
+            let mut pending = self.0.pending.lock();
             // Fail fast instead of queueing behind a full plug-in (protocol.md §2.7). Protocol
             // calls (`$/ping`, `plugin.health`, `shutdown`) are never refused, so an application
             // flood cannot make a healthy plug-in look hung.
@@ -198,7 +195,7 @@ impl RpcClient {
         }
         let mut guard = CancelOnDrop { client: self, id: Some(id) };
         if self.0.out.try_send(line).is_err() {
-            lock(&self.0.pending).remove(&id);
+            self.0.pending.lock().remove(&id);
             guard.id = None;
             return Err(if self.0.closed.is_cancelled() { Error::Unavailable } else { Error::Overloaded });
         }
@@ -226,7 +223,7 @@ impl RpcClient {
 
     /// Applies the limits and per-method deadlines a plug-in declared in its handshake.
     pub fn apply_handshake(&self, limits: &Limits, declared: &BTreeMap<String, MethodInfo>) {
-        let mut n = self.0.negotiated.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut n = self.0.negotiated.write();
         if let Some(max) = limits.max_concurrent_requests.filter(|m| *m > 0) {
             n.max_concurrent = max;
         }
@@ -247,7 +244,7 @@ impl RpcClient {
     /// Retires `id` and tells the plug-in to stop working on it. Late chunks and the late final
     /// response for that id are dropped by the reader (it no longer knows the id).
     fn cancel(&self, id: u64, reason: &str) {
-        if lock(&self.0.pending).remove(&id).is_some() {
+        if self.0.pending.lock().remove(&id).is_some() {
             let params = CancelParams { id: RequestId::from(id), reason: Some(reason.to_owned()) };
             let _ = self.0.out.try_send(protocol::encode_notification(methods::CANCEL, params));
         }
@@ -286,7 +283,7 @@ impl RpcClient {
 
     /// Number of calls waiting for their response.
     pub fn in_flight(&self) -> usize {
-        lock(&self.0.pending).len()
+        self.0.pending.lock().len()
     }
 
     /// Fails every pending call with [`Error::Unavailable`] and refuses new ones.
@@ -294,7 +291,7 @@ impl RpcClient {
         self.0.closed.cancel();
         self.0.close_input.cancel();
         // Dropping the senders wakes every waiting caller at once instead of at its deadline.
-        lock(&self.0.pending).clear();
+        self.0.pending.lock().clear();
     }
 
     fn touch(&self) {
@@ -303,7 +300,7 @@ impl RpcClient {
     }
 
     fn complete(&self, id: u64, outcome: Result<Box<RawValue>, RpcError>) {
-        match lock(&self.0.pending).remove(&id) {
+        match self.0.pending.lock().remove(&id) {
             Some(pending) => {
                 let _ = pending.reply.send(outcome);
             }
@@ -314,7 +311,7 @@ impl RpcClient {
     }
 
     fn stream_chunk(&self, id: u64, data: Value) {
-        let mut pending = lock(&self.0.pending);
+        let mut pending = self.0.pending.lock();
         let Some(entry) = pending.get(&id) else {
             drop(pending);
             self.0.stats.late_messages.fetch_add(1, Ordering::Relaxed);

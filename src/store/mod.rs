@@ -4,6 +4,7 @@
 //! runs on an async worker thread. WAL mode, `busy_timeout`, foreign keys on.
 
 mod audit;
+mod llm_history;
 mod migrate;
 mod registry;
 mod settings;
@@ -15,6 +16,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 pub use audit::{AuditEvent, AuditQuery};
+pub use llm_history::{LlmEntry, LlmHistoryBounds, LlmHistoryQuery};
 pub use registry::{ConfigVersion, CurrentConfig};
 pub use settings::StoredGroup;
 

@@ -103,7 +103,7 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
     let spec = Arc::clone(&ctx.spec);
     let work_dir = ctx.work_dir.clone();
     let level = ctx.log_level.clone();
-    let instance = format!("{}#{}", ctx.spec.name, ctx.generation);
+    let instance = process::instance_marker(ctx.spec.name.as_str(), ctx.generation);
     let marker = instance.clone();
     // Lines of this process start here (a log readiness probe looks only at these).
     let first_seq = ctx.log.next_seq();

@@ -20,8 +20,16 @@ use crate::config::{Launch, PluginSpec, Protocol};
 /// Variables passed through from the daemon's environment when set (design.md §6).
 const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "RUST_LOG"];
 
-/// Set in every child to `<name>#<generation>`; inherited by its descendants.
+/// Set in every child to [`instance_marker`]; inherited by its descendants.
 pub const INSTANCE_ENV: &str = "BKG_INSTANCE";
+
+/// `<name>#<generation>@<daemon pid>.<random>`: unique to one process of one daemon, so that
+/// daemons running side by side (as the same user) never mistake each other's children.
+pub fn instance_marker(name: &str, generation: u64) -> String {
+    static DAEMON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let daemon = DAEMON.get_or_init(|| format!("{}.{:016x}", std::process::id(), rand::random::<u64>()));
+    format!("{name}#{generation}@{daemon}")
+}
 
 /// Why a plug-in could not be spawned. All of these are fatal: retrying cannot help.
 #[derive(Debug, thiserror::Error)]

@@ -17,11 +17,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::*;
 
-const FRANCE: &str = "What is the capital of France?";
+pub(crate) const FRANCE: &str = "What is the capital of France?";
 /// A prompt whose answer is long enough to be cancelled midway.
-const LONG: &str = "Write a long story about a dragon who learns to cook.";
+pub(crate) const LONG: &str = "Write a long story about a dragon who learns to cook.";
 /// Model load (dequantizing to f32), warm-up and the first request in a debug build.
-const LLM_WAIT: Duration = Duration::from_secs(120);
+pub(crate) const LLM_WAIT: Duration = Duration::from_secs(120);
 
 /// The default model in the model cache (the daemon clears the plug-in's environment, so the
 /// path goes into the config).
@@ -34,7 +34,7 @@ fn model_path() -> PathBuf {
     path
 }
 
-fn llm_spec(extra: Value) -> Value {
+pub(crate) fn llm_spec(extra: Value) -> Value {
     let mut config = json!({"model_path": model_path(), "auto_fetch": false});
     if let (Some(c), Value::Object(extra)) = (config.as_object_mut(), extra) {
         c.extend(extra);
@@ -46,13 +46,13 @@ fn llm_spec(extra: Value) -> Value {
     })
 }
 
-async fn start(extra: Value) -> TestDaemon {
+pub(crate) async fn start(extra: Value) -> TestDaemon {
     let d = TestDaemon::start(vec![llm_spec(extra)]).await;
     wait_ready(&d).await;
     d
 }
 
-async fn wait_ready(d: &TestDaemon) {
+pub(crate) async fn wait_ready(d: &TestDaemon) {
     wait_for("llm ready", LLM_WAIT, || async {
         let v = d.plugin("llm").await;
         assert_ne!(v["state"], "failed", "{v}");
@@ -61,25 +61,25 @@ async fn wait_ready(d: &TestDaemon) {
     .await;
 }
 
-fn post(d: &TestDaemon, path: &str, body: &Value) -> reqwest::RequestBuilder {
+pub(crate) fn post(d: &TestDaemon, path: &str, body: &Value) -> reqwest::RequestBuilder {
     d.http.post(d.url(path)).bearer_auth(&d.token).timeout(LLM_WAIT).json(body)
 }
 
 /// The plug-in's counters (`llm.stats`).
-async fn stats(d: &TestDaemon) -> Value {
+pub(crate) async fn stats(d: &TestDaemon) -> Value {
     let (status, body) = d.rpc("llm", "llm.stats", json!({}), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["result"].clone()
 }
 
 /// An SSE event with the time it arrived.
-struct Received {
-    event: String,
-    data: String,
-    at: Instant,
+pub(crate) struct Received {
+    pub(crate) event: String,
+    pub(crate) data: String,
+    pub(crate) at: Instant,
 }
 
-async fn sse_events(res: reqwest::Response) -> Vec<Received> {
+pub(crate) async fn sse_events(res: reqwest::Response) -> Vec<Received> {
     let mut stream = res.bytes_stream().eventsource();
     let mut out = Vec::new();
     while let Some(ev) = tokio::time::timeout(LLM_WAIT, stream.next()).await.expect("stream stalled") {
@@ -90,7 +90,7 @@ async fn sse_events(res: reqwest::Response) -> Vec<Received> {
 }
 
 /// The next `token` event of an `/llm/infer` stream, skipping `status` events.
-async fn next_token<S, E>(stream: &mut S) -> eventsource_stream::Event
+pub(crate) async fn next_token<S, E>(stream: &mut S) -> eventsource_stream::Event
 where
     S: futures_util::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
     E: std::fmt::Debug,

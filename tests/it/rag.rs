@@ -13,7 +13,7 @@ use crate::support::*;
 
 /// The model directory the plug-in should use (the test's environment is not the plug-in's:
 /// the daemon clears it, so the directory is passed in the config).
-fn model_dir() -> PathBuf {
+pub(crate) fn model_dir() -> PathBuf {
     let dir = bkg_plugin_rag::config::default_model_dir().expect("HOME or BKG_MODEL_CACHE is set");
     assert!(
         dir.join("model.safetensors").is_file(),
@@ -23,7 +23,7 @@ fn model_dir() -> PathBuf {
     dir
 }
 
-fn rag_spec(root: &Path, model: Option<&Path>) -> Value {
+pub(crate) fn rag_spec(root: &Path, model: Option<&Path>) -> Value {
     let mut config = json!({"roots": [root], "chunk_target_words": 40, "max_file_bytes": 20_000});
     match model {
         Some(dir) => config["model_dir"] = json!(dir),

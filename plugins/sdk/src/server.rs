@@ -7,12 +7,13 @@
 //! delay `$/ping`, `$/cancelRequest` or another request (protocol.md §2.7). Notifications are
 //! handled in arrival order, inline.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -266,7 +267,7 @@ pub async fn serve_io<P: Plugin>(
     // Cancel whatever still runs so that blocking work stops, give the calls a moment to send
     // their final responses, then let the writer flush what is queued. Both waits are bounded:
     // a handler that ignores cancellation must not keep the process alive.
-    for token in lock(&shared.in_flight).values() {
+    for token in shared.in_flight.lock().values() {
         token.cancel();
     }
     shared.tracker.close();
@@ -277,11 +278,6 @@ pub async fn serve_io<P: Plugin>(
         kill_rest_of_group();
     }
     reason
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A poisoned map only means a handler panicked while holding it; the data is still valid.
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn write_loop(mut output: Pin<Box<dyn AsyncWrite + Send>>, mut rx: mpsc::Receiver<Vec<u8>>) {
@@ -323,7 +319,7 @@ fn handle_notification<P: Plugin>(shared: &Shared<P>, method: &str, params: Opti
         methods::CANCEL => match protocol::parse_params::<CancelParams>(params) {
             // Unknown or finished ids are ignored: the race is expected (protocol.md §2.9).
             Ok(p) => {
-                if let Some(token) = lock(&shared.in_flight).get(&p.id) {
+                if let Some(token) = shared.in_flight.lock().get(&p.id) {
                     token.cancel();
                 }
             }
@@ -403,7 +399,7 @@ async fn handle_request<P: Plugin>(
                 params_value.get("_meta").and_then(|m| serde_json::from_value(m.clone()).ok()).unwrap_or_default();
             let stream_requested = params_value.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let token = CancellationToken::new();
-            lock(&shared.in_flight).insert(id.clone(), token.clone());
+            shared.in_flight.lock().insert(id.clone(), token.clone());
             let ctx = CallContext {
                 id: id.clone(),
                 cancel: token.clone(),
@@ -421,7 +417,7 @@ async fn handle_request<P: Plugin>(
                 let outcome = run_with_deadline(work, &token, deadline).await;
                 // Exactly one final response: mark the call finished so that no chunk follows it.
                 finished.store(true, Ordering::Release);
-                lock(&shared2.in_flight).remove(&id);
+                shared2.in_flight.lock().remove(&id);
                 match &outcome {
                     Ok(v) => reply(&shared2, &id, Ok(v)).await,
                     Err(e) => reply(&shared2, &id, Err(e)).await,
