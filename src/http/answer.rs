@@ -28,9 +28,9 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::guard::Caller;
+use super::history::Recorder;
 use super::llm::{self, Generation, Item, LlmError};
 use crate::answer::{self, CitationFilter, Source};
-use crate::rpc::CallOptions;
 
 /// Keys `POST /rag/answer` accepts.
 const ANSWER_KEYS: &[&str] = &["question", "k", "mode", "max_tokens", "temperature", "stream"];
@@ -78,7 +78,7 @@ pub(super) async fn answer(
     let Json(body) = body.map_err(|r| LlmError::from(super::json_rejection(r)))?;
     let req = parse_answer(body)?;
     require(&caller, "llm:use")?;
-    compose(&state, req.retrieval, req.generation, req.stream, Flavor::Answer).await
+    compose(&state, &caller, req.retrieval, req.generation, req.stream, Flavor::Answer).await
 }
 
 /// `POST /llm/infer` with `rag: {k?, mode?}`: the prompt is the question. `params` are the other
@@ -103,7 +103,7 @@ pub(super) async fn infer_with_rag(
         None => return Err(LlmError::bad_request("prompt", "is required with `rag`")),
     };
     require(caller, "rag:query")?;
-    compose(state, Retrieval { question, k, mode }, params, stream, Flavor::Infer).await
+    compose(state, caller, Retrieval { question, k, mode }, params, stream, Flavor::Infer).await
 }
 
 /// The route's own scope was checked by the guard; this is the other one.
@@ -227,6 +227,7 @@ async fn retrieve(state: &AppState, r: &Retrieval) -> Result<Vec<Source>, LlmErr
 /// Retrieves, prompts and answers, whole or streamed.
 async fn compose(
     state: &AppState,
+    caller: &Caller,
     retrieval: Retrieval,
     generation: Map<String, Value>,
     stream: bool,
@@ -244,16 +245,20 @@ async fn compose(
         "messages".into(),
         json!([{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]),
     );
+    // History records the generation as the llm saw it (the prompt with the sources), so a
+    // replay re-runs exactly that.
+    let route = if flavor == Flavor::Answer { "/rag/answer" } else { "/llm/infer" };
+    let mut recorder = Recorder::start(state, caller, route, &params, stream);
     let params = Value::Object(params);
     if stream {
-        let generation = llm::start_stream(state, params).await?;
+        let generation = llm::start_stream_recorded(state, params, recorder).await?;
         return Ok(sse(generation, sources, flavor));
     }
-    let client = llm::client(state)?;
-    let options = CallOptions { timeout: Some(llm::GENERATE_TIMEOUT), stream: None };
-    // Dropping this future (the client disconnected) cancels the generation.
-    let result = client.call("llm.generate", params, options).await.map_err(llm::map_rpc)?;
-    Ok(Json(finish_whole(result, sources, flavor)).into_response())
+    // Dropping this future (the client disconnected) cancels the generation, and the recorder
+    // records it as cancelled.
+    let result = llm::generate(state, params).await;
+    recorder.finish(&result);
+    Ok(Json(finish_whole(result?, sources, flavor)).into_response())
 }
 
 /// The whole answer: the llm's result with its text cleaned and the sources flagged.

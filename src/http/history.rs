@@ -25,7 +25,7 @@ use super::llm::{self, Item, LlmError};
 use crate::store::{LlmEntry, LlmHistoryBounds, LlmHistoryQuery, Store};
 
 /// Routes a history row can name (the `route` filter).
-const ROUTES: &[&str] = &["/llm/infer", "/llm/stream", "/v1/chat/completions", "replay"];
+const ROUTES: &[&str] = &["/llm/infer", "/llm/stream", "/v1/chat/completions", "/rag/answer", "replay"];
 /// Rows per page of `GET /llm/history`: default and most.
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
@@ -102,6 +102,8 @@ impl Recorder {
                         p.entry.ttft_ms = ms(p.started.elapsed().as_millis());
                     }
                     p.entry.output.push_str(delta);
+                    // Tokens generated so far: the usage of a request cancelled midway.
+                    p.entry.completion_tokens = chunk["tokens"].as_i64().or(p.entry.completion_tokens);
                 } else if let Some(status) = chunk.get("status")
                     && status["phase"] == "started"
                 {

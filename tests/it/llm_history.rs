@@ -124,8 +124,8 @@ async fn every_route_is_recorded_with_output_usage_and_timings() {
     assert_eq!(row["completion_tokens"], body["usage"]["completion_tokens"]);
     ws.close(None).await.unwrap();
 
-    // A stream the client drops after its first token: cancelled, with the prompt's usage and
-    // the text the client got.
+    // A stream the client drops after its first token: cancelled, with the prompt's usage, the
+    // tokens generated so far and the text the client got.
     let res = post(&d, "/llm/infer", &json!({"prompt": LONG, "temperature": 0, "max_tokens": 2000, "stream": true}))
         .send()
         .await
@@ -140,6 +140,7 @@ async fn every_route_is_recorded_with_output_usage_and_timings() {
     assert_eq!(row["finish_reason"], "cancelled", "{row}");
     assert!(row["prompt_tokens"].as_i64().unwrap() > 0, "{row}");
     assert!(!row["output"].as_str().unwrap().is_empty(), "{row}");
+    assert!(row["completion_tokens"].as_i64().unwrap() >= 1, "tokens generated before the cancel: {row}");
     assert!(row["ttft_ms"].as_i64().is_some() && row["total_ms"].as_i64().is_some(), "{row}");
 
     // Rejected by the plug-in after admission: recorded with the error.

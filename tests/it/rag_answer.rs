@@ -87,8 +87,24 @@ async fn answers_with_sources_checked_and_refuses_bad_input() {
     write_docs(docs.path());
     let d = start(docs.path()).await;
     answers_whole_and_streamed(&d).await;
+    recorded_in_history(&d).await;
     bad_input_and_missing_scopes(&d).await;
     a_stopped_rag_plugin_is_503(&d).await;
+}
+
+/// Answers are recorded like any generation: the prompt the llm saw (sources included) and the
+/// raw output, so a replay re-runs exactly that generation.
+async fn recorded_in_history(d: &TestDaemon) {
+    let (status, page) = d.get("/llm/history?route=/rag/answer").await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let entries = page["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "two whole answers and one streamed: {page}");
+    let newest = &entries[0];
+    assert_eq!(newest["outcome"], "ok", "{newest}");
+    assert_eq!(newest["stream"], true, "{newest}");
+    assert!(newest["output"].as_str().unwrap().contains("Paris"), "{newest}");
+    let prompt = newest["request"]["messages"][1]["content"].as_str().unwrap();
+    assert!(prompt.contains("[1]") && prompt.contains("The capital of France is Paris"), "{prompt}");
 }
 
 async fn answers_whole_and_streamed(d: &TestDaemon) {

@@ -12,7 +12,7 @@
 //!
 //! | Method | Params | Result |
 //! |---|---|---|
-//! | `llm.generate` | `{prompt \| messages, max_tokens?, temperature?, top_p?, stop?, seed?, model?, raw?, stream?}` | `{text?, finish_reason, usage, model, timings}`; with `stream: true` the text comes as `$/stream` chunks `{"delta": "…"}` (at most one per 20 ms) and the result is only the summary |
+//! | `llm.generate` | `{prompt \| messages, max_tokens?, temperature?, top_p?, stop?, seed?, model?, raw?, stream?}` | `{text?, finish_reason, usage, model, timings}`; with `stream: true` the text comes as `$/stream` chunks `{"delta": "…", "tokens": n}` (at most one per 20 ms; `tokens` counts so far) and the result is only the summary |
 //! | `llm.models` | `{}` | `{models: [{id, status, backend, info}]}` |
 //! | `llm.stats` | `{}` | counters: running, waiting, admitted, rejected, cancelled, … |
 //!
@@ -339,8 +339,10 @@ fn record(gate: &Gate, result: &Result<embedded::Outcome, LlmError>, took: Durat
     }
 }
 
-/// Forwards generated text: as `$/stream` chunks when the caller streams (coalesced to at most
-/// one chunk per [`STREAM_INTERVAL`], the first one at once), else collected into the result.
+/// Forwards generated text: as `$/stream` chunks `{"delta", "tokens"}` when the caller streams
+/// (coalesced to at most one chunk per [`STREAM_INTERVAL`], the first one at once; `tokens`
+/// counts the pieces (tokens) generated so far, so a cancelled request's usage is known), else
+/// collected into the result.
 pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> String {
     let mut all = String::new();
     if !ctx.streaming() {
@@ -350,11 +352,13 @@ pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> S
         return all;
     }
     let mut pending = String::new();
+    let mut tokens = 0u64;
     let mut next_send = tokio::time::Instant::now();
     loop {
         tokio::select! {
             piece = rx.recv() => match piece {
                 Some(piece) => {
+                    tokens += 1;
                     pending.push_str(&piece);
                     if tokio::time::Instant::now() < next_send {
                         continue;
@@ -364,7 +368,7 @@ pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> S
             },
             () = tokio::time::sleep_until(next_send), if !pending.is_empty() => {}
         }
-        if !ctx.stream(json!({"delta": pending})).await {
+        if !ctx.stream(json!({"delta": pending, "tokens": tokens})).await {
             // Cancelled: dropping the receiver stops the generation thread at its next token.
             return all;
         }
@@ -372,7 +376,7 @@ pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> S
         pending.clear();
         next_send = tokio::time::Instant::now() + STREAM_INTERVAL;
     }
-    if !pending.is_empty() && ctx.stream(json!({"delta": pending})).await {
+    if !pending.is_empty() && ctx.stream(json!({"delta": pending, "tokens": tokens})).await {
         all.push_str(&pending);
     }
     all
