@@ -156,16 +156,17 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
             Err((reason, fatal, status))
         }
     };
-    // Processes of this instance still running after its main process exited on its own: it
-    // forked into the background. Found by the marker in their environment, even outside the
-    // process group (`setsid`).
-    let left_behind = if on_its_own { process::instance_members(&instance) } else { vec![] };
     // Whatever happened, nothing of this instance survives it: grandchildren that ignored
-    // SIGTERM, that the plug-in never told about its exit, or that left the group, are killed.
+    // SIGTERM, that the plug-in never told about its exit, or that left the group (`setsid`) are
+    // killed. They are found by the marker in their environment (a /proc scan: blocking I/O).
+    let marker = instance.clone();
+    let leftovers = tokio::task::spawn_blocking(move || process::instance_members(&marker)).await.unwrap_or_default();
     process::signal_group(pid, Signal::SIGKILL);
-    for leftover in process::instance_members(&instance) {
-        process::kill_process(leftover);
+    for leftover in &leftovers {
+        process::kill_process(*leftover);
     }
+    // Still running after the main process exited on its own: it forked into the background.
+    let left_behind = if on_its_own { leftovers } else { vec![] };
     if let Some(client) = &client {
         client.close_stdin();
     }
