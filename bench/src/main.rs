@@ -10,6 +10,7 @@
 
 mod daemon;
 mod http;
+mod peers;
 mod restart;
 mod rpc;
 mod startup;
@@ -79,7 +80,32 @@ struct HttpArgs {
     fanout_lines: u64,
 }
 
-#[derive(Subcommand, Clone, Copy)]
+#[derive(clap::Args, Clone)]
+struct PeersArgs {
+    /// Children per supervisor (all but one are `/bin/sleep`; one is the log writer).
+    #[arg(long, default_value_t = 50)]
+    children: usize,
+    /// Measured `kill -9`s per tool and run (after 2 warm-up kills), each of another child.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
+    /// Seconds the three supervisors sit idle for the CPU/RSS measurement.
+    #[arg(long, default_value_t = 30)]
+    idle_s: u64,
+    /// Lines (100 bytes each) the log writer puts on its stdout.
+    #[arg(long, default_value_t = 200_000)]
+    log_lines: u64,
+    /// `supervisord` (default: target/peers-venv/bin/supervisord, from bench/peers-setup.sh).
+    #[arg(long)]
+    supervisord: Option<PathBuf>,
+    /// `pm2` (default: target/pm2/node_modules/.bin/pm2, from bench/peers-setup.sh).
+    #[arg(long)]
+    pm2: Option<PathBuf>,
+    /// Python for the log writer (default: `sys.executable` of `python3` on PATH).
+    #[arg(long)]
+    python: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Clone)]
 enum Bench {
     /// svp/1 over stdio: sequential and 32-caller `echo.echo` through `bkg::rpc::RpcClient`.
     Rpc(RpcArgs),
@@ -91,7 +117,9 @@ enum Bench {
     Stderr(StderrArgs),
     /// `GET /admin/plugins` latency; SSE latency and fan-out when the logs route exists.
     Http(HttpArgs),
-    /// Everything above, in this order.
+    /// Plain processes under bkg, supervisord and pm2 (issue 8); not part of `all`.
+    Peers(PeersArgs),
+    /// Everything above but `peers`, in this order.
     All {
         #[command(flatten)]
         rpc: RpcArgs,
@@ -136,6 +164,9 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         bkg.display()
     );
     let runs = cli.runs.max(1);
+    if let Bench::Peers(a) = &cli.bench {
+        return run_peers(&bkg, runs, a).await;
+    }
     let mut all: Vec<Vec<Metric>> = (0..runs).map(|_| vec![]).collect();
     let (rpc, restart, startup, stderr, http) = match cli.bench {
         Bench::Rpc(a) => (Some(a), None, false, None, None),
@@ -144,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Bench::Stderr(a) => (None, None, false, Some(a), None),
         Bench::Http(a) => (None, None, false, None, Some(a)),
         Bench::All { rpc, restart, stderr, http } => (Some(rpc), Some(restart), true, Some(stderr), Some(http)),
+        Bench::Peers(_) => (None, None, false, None, None),
     };
     // Runs are interleaved per benchmark (run 1, 2, 3 of rpc, then of restart…) so that one
     // benchmark's runs see the same machine state.
@@ -198,4 +230,39 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
     }
     Ok(stats::markdown(&all))
+}
+
+async fn run_peers(bkg: &std::path::Path, runs: usize, a: &PeersArgs) -> anyhow::Result<String> {
+    // target/release/bkg-bench → target/
+    let exe = std::env::current_exe()?;
+    let target = exe.parent().and_then(std::path::Path::parent).unwrap_or(std::path::Path::new("target"));
+    let supervisord = a.supervisord.clone().unwrap_or_else(|| target.join("peers-venv/bin/supervisord"));
+    let pm2 = a.pm2.clone().unwrap_or_else(|| target.join("pm2/node_modules/.bin/pm2"));
+    // Absolute: the tools are spawned in their own working directories.
+    let found = |what: &str, path: PathBuf| {
+        std::fs::canonicalize(&path).map_err(|e| {
+            anyhow::anyhow!("{what} not found at {}: {e}; run bench/peers-setup.sh or pass --{what}", path.display())
+        })
+    };
+    let supervisord = found("supervisord", supervisord)?;
+    let pm2 = found("pm2", pm2)?;
+    let python = match &a.python {
+        Some(p) => p.clone(),
+        None => peers::resolve_python()?,
+    };
+    let opts = peers::PeersOpts {
+        children: a.children,
+        kills: a.kills,
+        idle: std::time::Duration::from_secs(a.idle_s),
+        log_lines: a.log_lines,
+        supervisord,
+        pm2,
+        python,
+    };
+    let mut all = vec![];
+    for i in 0..runs {
+        eprintln!("peers: run {}/{runs}", i + 1);
+        all.push(peers::run(bkg, &opts, i).await?);
+    }
+    Ok(peers::report(&all))
 }

@@ -32,10 +32,8 @@ use crate::paths;
 use crate::store::{FileEntry, MANIFEST_VERSION, Manifest, NO_VECTOR, Store};
 use crate::vectors::{Matrix, VectorFile};
 
-/// Chunks collected before embedding (sorted by length, then embedded [`EMBED_CALL`] at a time).
+/// Chunks collected before embedding (one `Embedder::embed` call, which batches by length).
 const EMBED_BATCH: usize = 64;
-/// Chunks per model call.
-const EMBED_CALL: usize = 16;
 /// Longest accepted query, in bytes.
 pub const MAX_QUERY_BYTES: usize = 2048;
 /// Candidates each leg contributes: max(50, 5·top_k).
@@ -787,23 +785,17 @@ impl EmbedBatch {
         if self.items.is_empty() {
             return Ok(0);
         }
-        // Embed in length order, so that each model call pads its inputs as little as possible.
-        let mut items: Vec<(String, (String, String, doc::Chunk, u64))> =
-            self.items.drain(..).map(|item| (item.2.embed_input(&item.0), item)).collect();
-        items.sort_by_key(|(input, _)| input.len());
-        let mut embedded = 0;
-        for group in items.chunks(EMBED_CALL) {
-            let refs: Vec<&str> = group.iter().map(|(input, _)| input.as_str()).collect();
-            let data = model.embed(&refs)?;
-            let first = vectors.append(&data)?;
-            for (i, (_, (path, sha, chunk, hash))) in group.iter().enumerate() {
-                let row = first + i as u64;
-                fresh.insert(*hash, row);
-                writer.add_document(store.doc(path, sha, chunk, row, *hash))?;
-            }
-            embedded += group.len() as u64;
+        // One call for the whole batch: the embedder sorts by token count and pads per call.
+        let inputs: Vec<String> = self.items.iter().map(|(path, _, chunk, _)| chunk.embed_input(path)).collect();
+        let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        let data = model.embed(&refs)?;
+        let first = vectors.append(&data)?;
+        for (i, (path, sha, chunk, hash)) in self.items.drain(..).enumerate() {
+            let row = first + i as u64;
+            fresh.insert(hash, row);
+            writer.add_document(store.doc(&path, &sha, &chunk, row, hash))?;
         }
-        Ok(embedded)
+        Ok(refs.len() as u64)
     }
 }
 
