@@ -205,6 +205,20 @@ struct RawSpec {
     after: Vec<String>,
     #[serde(default)]
     probes: Probes,
+    #[serde(default = "default_log_rate")]
+    log_lines_per_s: u32,
+}
+
+/// Lines per second a plug-in's log keeps by default (protocol.md §2.11); the burst is 5 s worth.
+pub const DEFAULT_LOG_LINES_PER_S: u32 = 2_000;
+const MAX_LOG_LINES_PER_S: u32 = 1_000_000;
+
+fn default_log_rate() -> u32 {
+    DEFAULT_LOG_LINES_PER_S
+}
+
+fn is_default_log_rate(v: &u32) -> bool {
+    *v == DEFAULT_LOG_LINES_PER_S
 }
 
 fn yes() -> bool {
@@ -254,6 +268,10 @@ pub struct PluginSpec {
     /// Readiness and liveness checks of a `protocol: "none"` process.
     #[serde(skip_serializing_if = "Probes::is_empty")]
     pub probes: Probes,
+    /// Log lines per second kept from this process (a burst of 5 s worth); the rest are counted
+    /// as dropped.
+    #[serde(skip_serializing_if = "is_default_log_rate")]
+    pub log_lines_per_s: u32,
 }
 
 /// Every problem found in a registry, each with its JSON path.
@@ -413,6 +431,9 @@ impl PluginSpec {
                 Err(e) => errors.push(format!(".after[{i}]: {e}")),
             }
         }
+        if !(1..=MAX_LOG_LINES_PER_S).contains(&raw.log_lines_per_s) {
+            errors.push(format!(".log_lines_per_s: must be between 1 and {MAX_LOG_LINES_PER_S}"));
+        }
         if raw.restart.success_codes.iter().any(|c| !(0..=255).contains(c)) {
             errors.push(".restart.success_codes: exit codes are 0..=255".into());
         }
@@ -475,6 +496,7 @@ impl PluginSpec {
                 stop_signal,
                 after,
                 probes: raw.probes,
+                log_lines_per_s: raw.log_lines_per_s,
             }),
             _ => Err(errors),
         }

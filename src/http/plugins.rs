@@ -73,6 +73,16 @@ pub(super) async fn get(
     let mut body = view_json(view);
     let lines = state.logs().get(&name).map(|log| log.tail(DETAIL_LOG_LINES)).unwrap_or_default();
     body["last_lines"] = json!(lines);
+    if let Some(log) = state.logs().get(&name) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = log.counters();
+        body["log"] = json!({
+            "lines": c.lines.load(Relaxed),
+            "dropped": c.dropped.load(Relaxed),
+            "bytes": c.bytes.load(Relaxed),
+            "lines_per_s": view.spec.log_lines_per_s,
+        });
+    }
     body["config_schema"] = json!(view.config_schema);
     if let Some(client) = &view.client {
         let stats = client.stats();

@@ -29,9 +29,11 @@ pub const RING_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_LINE_BYTES: usize = 64 * 1024;
 /// Live subscribers may fall this many lines behind before they are told they lagged.
 const BROADCAST_CAPACITY: usize = 4_096;
-/// Token bucket per plug-in (protocol.md §2.11).
-const RATE_PER_SEC: f64 = 2_000.0;
-const RATE_BURST: f64 = 10_000.0;
+/// Token bucket per plug-in (protocol.md §2.11): the default rate (a registry entry may set its
+/// own, `log_lines_per_s`) and the burst, in seconds of the rate.
+const RATE_PER_SEC: f64 = crate::config::DEFAULT_LOG_LINES_PER_S as f64;
+const BURST_SECONDS: f64 = 5.0;
+const RATE_BURST: f64 = RATE_PER_SEC * BURST_SECONDS;
 
 /// One parsed log line.
 #[derive(Debug, Clone, Serialize)]
@@ -142,6 +144,14 @@ impl PluginLog {
         let live = self.live.subscribe();
         let (backlog, gap) = ring.after(after, tail);
         Subscription { backlog, gap, live }
+    }
+
+    /// Sets the rate limit: `lines_per_s`, with a burst of 5 s worth.
+    pub fn set_rate(&self, lines_per_s: u32) {
+        let mut bucket = self.limiter.lock();
+        bucket.rate = f64::from(lines_per_s);
+        bucket.burst = bucket.rate * BURST_SECONDS;
+        bucket.tokens = bucket.tokens.min(bucket.burst);
     }
 
     /// Sequence number the next line will get.
@@ -386,5 +396,18 @@ mod tests {
         }
         let tail = log.tail(1);
         assert_eq!(tail[0].msg, "x");
+    }
+
+    #[test]
+    fn the_rate_can_be_raised_and_lowered() {
+        let log = LogHub::new().plugin("p");
+        let t0 = Instant::now();
+        log.set_rate(10);
+        // The burst shrinks with the rate: 5 s worth.
+        assert_eq!((0..100).filter(|_| log.admit(t0).is_some()).count(), 50);
+        log.set_rate(100_000);
+        assert_eq!(log.admit(t0 + Duration::from_millis(1)), Some(50));
+        let admitted = (0..200_000).filter(|_| log.admit(t0 + Duration::from_secs(5)).is_some()).count();
+        assert_eq!(admitted, 200_000);
     }
 }

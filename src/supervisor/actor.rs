@@ -376,6 +376,7 @@ impl SupervisorActor {
                     },
                 };
                 entry.health = None;
+                ctx.log.set_rate(entry.spec.log_lines_per_s);
                 entry.instance = Some(Instance { generation, pid: None, client: None, stop, force });
                 tokio::spawn(instance::run(ctx));
             }

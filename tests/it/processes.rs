@@ -282,3 +282,26 @@ async fn user_and_group_need_root_and_apply() {
         assert!(v["reason"].as_str().unwrap().contains("needs the daemon to run as root"), "{v}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_rate_limit_is_per_entry() {
+    // 30,000 lines at once: over the default burst (10,000), within a raised one.
+    let chatty = |name: &str| {
+        json!({
+            "name": name, "protocol": "none", "command": "/bin/sh",
+            "args": ["-c", "seq 1 30000; sleep 300"],
+        })
+    };
+    let mut raised = chatty("raised");
+    raised["log_lines_per_s"] = json!(100_000);
+    let d = TestDaemon::start(vec![chatty("default"), raised]).await;
+    let v = d.wait_plugin("default", "lines dropped", |v| v["log"]["dropped"].as_u64() > Some(0)).await;
+    assert_eq!(v["log"]["lines_per_s"], 2000, "{v}");
+    let v = d
+        .wait_plugin("raised", "every line kept", |v| {
+            v["last_lines"].as_array().is_some_and(|l| l.iter().any(|l| l["msg"] == "30000"))
+        })
+        .await;
+    assert_eq!(v["log"]["dropped"], 0, "{v}");
+    assert!(v["log"]["lines"].as_u64().unwrap() >= 30_000, "{v}");
+}
