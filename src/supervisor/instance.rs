@@ -232,10 +232,20 @@ async fn supervise(ctx: &InstanceCtx, client: &RpcClient, child: &mut Child) -> 
         init: Some(Box::new(init)),
     });
 
-    let (verdict_tx, mut verdicts) = mpsc::channel(8);
+    let (verdict_tx, verdicts) = mpsc::channel(8);
     let monitor_stop = CancellationToken::new();
     let _stop_monitor = monitor_stop.clone().drop_guard();
     tokio::spawn(monitor(ctx.spec.clone(), client.clone(), verdict_tx, monitor_stop));
+    run_until_ending(ctx, child, verdicts).await
+}
+
+/// The running phase of any process: until it exits, a stop or kill is requested, or its monitor
+/// says to kill it; health verdicts are passed on to the actor.
+pub(super) async fn run_until_ending(
+    ctx: &InstanceCtx,
+    child: &mut Child,
+    mut verdicts: mpsc::Receiver<Verdict>,
+) -> Ending {
     loop {
         tokio::select! {
             status = child.wait() => return exited(status),
@@ -253,7 +263,7 @@ async fn supervise(ctx: &InstanceCtx, client: &RpcClient, child: &mut Child) -> 
     }
 }
 
-fn exited(status: std::io::Result<ExitStatus>) -> Ending {
+pub(super) fn exited(status: std::io::Result<ExitStatus>) -> Ending {
     match status {
         Ok(status) => Ending::Exited(status),
         Err(e) => Ending::Kill { reason: format!("waiting for the child failed: {e}"), fatal: false },

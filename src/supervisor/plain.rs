@@ -10,9 +10,11 @@ use tokio::process::Child;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::instance::{Ending, InstanceCtx, InstanceEvent, Verdict};
+use std::sync::Arc;
+
+use super::instance::{Ending, InstanceCtx, InstanceEvent, Verdict, exited, run_until_ending};
 use super::probe::Checker;
-use crate::logs::{Level, LogSink};
+use crate::logs::{Level, LogSink, PluginLog};
 
 /// Readiness, then the running phase; returns how it ended.
 pub(super) async fn supervise(ctx: &InstanceCtx, child: &mut Child, first_seq: u64) -> Ending {
@@ -41,40 +43,17 @@ pub(super) async fn supervise(ctx: &InstanceCtx, child: &mut Child, first_seq: u
         init: None,
     });
 
-    let (verdict_tx, mut verdicts) = mpsc::channel(8);
+    let (verdict_tx, verdicts) = mpsc::channel(8);
     let monitor_stop = CancellationToken::new();
     let _stop_monitor = monitor_stop.clone().drop_guard();
     if let Some(checker) = readiness {
-        tokio::spawn(watch(checker, Role::Readiness, verdict_tx.clone(), monitor_stop.clone()));
+        let log = Arc::clone(&ctx.log);
+        tokio::spawn(watch(checker, Role::Readiness, log, verdict_tx.clone(), monitor_stop.clone()));
     }
     if let Some(checker) = liveness {
-        tokio::spawn(watch(checker, Role::Liveness, verdict_tx, monitor_stop));
+        tokio::spawn(watch(checker, Role::Liveness, Arc::clone(&ctx.log), verdict_tx, monitor_stop));
     }
-    loop {
-        tokio::select! {
-            status = child.wait() => return exited(status),
-            () = ctx.stop.cancelled() => return Ending::StopRequested,
-            () = ctx.force.cancelled() => return Ending::Kill { reason: "forced stop".into(), fatal: false },
-            Some(verdict) = verdicts.recv() => match verdict {
-                Verdict::Health(health) => {
-                    let level = if health.status == HealthStatus::Serving { Level::Info } else { Level::Warn };
-                    let detail = health.detail.clone().unwrap_or_else(|| "readiness probe passes again".into());
-                    LogSink::note(&ctx.log, level, detail);
-                    let _ = ctx.events.send(InstanceEvent::Health {
-                        name: ctx.spec.name.clone(), generation: ctx.generation, health,
-                    });
-                }
-                Verdict::Kill(reason) => return Ending::Kill { reason, fatal: false },
-            },
-        }
-    }
-}
-
-fn exited(status: std::io::Result<std::process::ExitStatus>) -> Ending {
-    match status {
-        Ok(status) => Ending::Exited(status),
-        Err(e) => Ending::Kill { reason: format!("waiting for the child failed: {e}"), fatal: false },
-    }
+    run_until_ending(ctx, child, verdicts).await
 }
 
 /// Runs the readiness probe on its period until it passes, within `limit` (`timeouts.ready_ms`).
@@ -99,8 +78,15 @@ enum Role {
     Liveness,
 }
 
-/// One probe after readiness: checks on its period and reports when the verdict changes.
-async fn watch(mut checker: Checker, role: Role, out: mpsc::Sender<Verdict>, stop: CancellationToken) {
+/// One probe after readiness: checks on its period and reports when the verdict changes (to the
+/// instance, and as a note in the process's log).
+async fn watch(
+    mut checker: Checker,
+    role: Role,
+    log: Arc<PluginLog>,
+    out: mpsc::Sender<Verdict>,
+    stop: CancellationToken,
+) {
     let threshold = checker.probe().failure_threshold;
     let period = checker.probe().period();
     if let Role::Liveness = role {
@@ -124,6 +110,7 @@ async fn watch(mut checker: Checker, role: Role, out: mpsc::Sender<Verdict>, sto
             (Ok(()), Role::Readiness) if degraded => {
                 degraded = false;
                 failures = 0;
+                LogSink::note(&log, Level::Info, "readiness probe passes again");
                 let _ = out.send(Verdict::Health(Health::serving())).await;
             }
             (Ok(()), _) => failures = 0,
@@ -141,6 +128,7 @@ async fn watch(mut checker: Checker, role: Role, out: mpsc::Sender<Verdict>, sto
                     Role::Readiness if !degraded => {
                         degraded = true;
                         let why = format!("readiness probe failed {failures} times in a row: {reason}");
+                        LogSink::note(&log, Level::Warn, why.clone());
                         let _ = out.send(Verdict::Health(Health::with_status(HealthStatus::Degraded, why))).await;
                     }
                     Role::Readiness => {}
