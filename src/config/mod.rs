@@ -291,6 +291,7 @@ const RESERVED_ENV: &[&str] = &[
     "SUPERVISOR_PLUGIN_TRANSPORT",
     "NOTIFY_SOCKET",
     crate::supervisor::process::INSTANCE_ENV,
+    crate::supervisor::process::OWNER_ENV,
 ];
 
 impl Registry {

@@ -21,6 +21,8 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 const AUTHENTICATED: &str = "";
 
 /// Route → required scope. A route that is not listed is denied (403), never allowed.
+/// Public routes are those whose handlers take no [`Caller`]: `openapi::PUBLIC` and the admin
+/// UI's static files (`http::ui`, which serves embedded files only and never data).
 const SCOPES: &[(&str, &str, &str)] = &[
     ("GET", "/auth/me", AUTHENTICATED),
     ("POST", "/auth/logout", AUTHENTICATED),

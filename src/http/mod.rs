@@ -20,6 +20,7 @@ mod plugins;
 mod rag;
 mod settings;
 mod system;
+mod ui;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -61,6 +62,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::get))
         .route("/admin/system", get(system::get))
         .route("/openapi.json", get(openapi::get))
+        // The admin UI's static files: public, like /health (see `ui`).
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::root))
+        .route("/ui/", get(ui::index))
+        .route("/ui/{file}", get(ui::file))
         .route("/rag/query", post(rag::query))
         .route("/rag/reindex", post(rag::reindex))
         .route("/rag/status", get(rag::status))

@@ -80,7 +80,9 @@ const HISTORY_QUERY: &[Param] = &[
     Param { name: "route", kind: "string", description: "/llm/infer, /llm/stream, /v1/chat/completions or replay" },
 ];
 
-/// Routes that need no credentials.
+/// API routes that need no credentials. The admin UI's static files (`GET /`, `/ui/`,
+/// `/ui/{file}`, see `http::ui`) are public too; they are not API operations, so the document
+/// leaves them out.
 pub const PUBLIC: &[(&str, &str)] = &[("GET", "/health"), ("GET", "/openapi.json"), ("POST", "/auth/login")];
 
 /// Every route of the router.

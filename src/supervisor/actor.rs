@@ -367,6 +367,7 @@ impl SupervisorActor {
                     work_dir: self.config.plugins_dir.join(entry.spec.name.as_str()),
                     log: self.logs.plugin(entry.spec.name.as_str()),
                     log_level: self.config.log_level.clone(),
+                    owner: self.config.owner.clone(),
                     events: self.events_tx.clone(),
                     stop: stop.clone(),
                     force: force.clone(),

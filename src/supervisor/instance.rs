@@ -74,6 +74,8 @@ pub(super) struct InstanceCtx {
     pub work_dir: PathBuf,
     pub log: Arc<PluginLog>,
     pub log_level: String,
+    /// See `SupervisorConfig::owner`.
+    pub owner: String,
     pub events: mpsc::UnboundedSender<InstanceEvent>,
     /// Cancelled to ask for a graceful stop.
     pub stop: CancellationToken,
@@ -104,11 +106,11 @@ async fn run_inner(ctx: &InstanceCtx) -> ExitInfo {
     let work_dir = ctx.work_dir.clone();
     let level = ctx.log_level.clone();
     let instance = process::instance_marker(ctx.spec.name.as_str(), ctx.generation);
-    let marker = instance.clone();
+    let marks = process::Marks { instance: instance.clone(), owner: ctx.owner.clone() };
     // Lines of this process start here (a log readiness probe looks only at these).
     let first_seq = ctx.log.next_seq();
     // Hashing the executable for the sha256 pin is blocking file I/O.
-    let spawned = tokio::task::spawn_blocking(move || process::spawn(&spec, &work_dir, &level, &marker)).await;
+    let spawned = tokio::task::spawn_blocking(move || process::spawn(&spec, &work_dir, &level, &marks)).await;
     let mut child = match spawned {
         Ok(Ok(child)) => child,
         Ok(Err(e)) => return fatal_spawn(e),

@@ -136,6 +136,9 @@ pub struct SupervisorConfig {
     /// Config keys added to a built-in's `initialize.config` at spawn time (secrets, paths);
     /// never stored in the registry, never logged.
     pub injected: Injected,
+    /// Goes into every child's environment as [`process::OWNER_ENV`] (the canonical data
+    /// directory), so that a later daemon on the same data directory finds what this one left.
+    pub owner: String,
 }
 
 /// Built-in name → extra config keys.

@@ -22,6 +22,16 @@ const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "LANG", "TZ", "RUST_LOG"];
 
 /// Set in every child to [`instance_marker`]; inherited by its descendants.
 pub const INSTANCE_ENV: &str = "BKG_INSTANCE";
+/// Set in every child to the daemon's canonical data directory; inherited by its descendants.
+pub const OWNER_ENV: &str = "BKG_OWNER";
+
+/// What marks a child (and its descendants) as belonging to one instance of one daemon.
+pub struct Marks {
+    /// [`instance_marker`], as [`INSTANCE_ENV`].
+    pub instance: String,
+    /// The canonical data directory, as [`OWNER_ENV`].
+    pub owner: String,
+}
 
 /// `<name>#<generation>@<daemon pid>.<random>`: unique to one process of one daemon, so that
 /// daemons running side by side (as the same user) never mistake each other's children.
@@ -119,8 +129,8 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 
 /// Checks the pin and spawns the plug-in. Blocking file I/O (hashing) runs on the caller's
 /// thread, so call this from `spawn_blocking` or accept the cost of a small read.
-/// `instance` (`name#generation`) goes into [`INSTANCE_ENV`].
-pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str, instance: &str) -> Result<Child, SpawnError> {
+/// `marks` go into the child's environment.
+pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str, marks: &Marks) -> Result<Child, SpawnError> {
     let (program, args) = program_and_args(spec)?;
     match std::fs::metadata(&program) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SpawnError::NotFound(program)),
@@ -147,7 +157,8 @@ pub fn spawn(spec: &PluginSpec, work_dir: &Path, log_level: &str, instance: &str
         .env_clear()
         .envs(passed.filter_map(|k| std::env::var_os(k).map(|v| (k, v))))
         .envs(&spec.env)
-        .env(INSTANCE_ENV, instance)
+        .env(INSTANCE_ENV, &marks.instance)
+        .env(OWNER_ENV, &marks.owner)
         .current_dir(spec.cwd.as_deref().unwrap_or(work_dir))
         // Own process group: a terminal's Ctrl-C reaches only the daemon, and stop/kill can
         // reach every grandchild with one killpg.
@@ -219,7 +230,23 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 /// instance, including those that left its process group (`setsid`). Only processes of the
 /// daemon's own user are readable, which are the only ones it could have started.
 pub fn instance_members(instance: &str) -> Vec<u32> {
-    let needle = format!("{INSTANCE_ENV}={instance}");
+    processes_with_env(INSTANCE_ENV, instance)
+}
+
+/// SIGKILLs every process a daemon on this data directory (`owner`) started and left running:
+/// those still carrying `OWNER_ENV=owner`. Only safe while holding the data directory's lock
+/// (no other daemon is using it). Returns their pids.
+pub fn kill_leftovers(owner: &str) -> Vec<u32> {
+    let pids = processes_with_env(OWNER_ENV, owner);
+    for pid in &pids {
+        kill_process(*pid);
+    }
+    pids
+}
+
+/// Pids of the processes whose environment holds `key=value`.
+fn processes_with_env(key: &str, value: &str) -> Vec<u32> {
+    let needle = format!("{key}={value}");
     live_pids()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))

@@ -21,3 +21,4 @@ mod rag;
 mod rag_answer;
 mod support;
 mod systemd;
+mod ui;

@@ -305,3 +305,36 @@ async fn the_log_rate_limit_is_per_entry() {
     assert_eq!(v["log"]["dropped"], 0, "{v}");
     assert!(v["log"]["lines"].as_u64().unwrap() >= 30_000, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_daemon_kills_what_a_sigkilled_one_left_and_two_cannot_share_a_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = marker();
+    let registry = json!({"plugins": [{
+        "name": "orphan", "protocol": "none", "command": "/bin/sh",
+        "args": ["-c", "sleep 300 & exec sleep 301"], "env": {"TEST_MARKER": m},
+    }]});
+    let mut d = TestDaemon::start_in(tmp.path(), Some(registry)).await;
+    d.wait_ready("orphan").await;
+    wait_for("both processes", WAIT, || async { (pids_with_env("TEST_MARKER", &m).len() == 2).then_some(()) }).await;
+
+    let output = daemon_command(tmp.path(), None).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another bkg is already running on the data directory"), "{stderr}");
+
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(10)).await;
+    // A plain process does not notice its parent's death.
+    let old = pids_with_env("TEST_MARKER", &m);
+    assert_eq!(old.len(), 2, "left running by the killed daemon");
+
+    let d = TestDaemon::start_in(tmp.path(), None).await;
+    d.wait_ready("orphan").await;
+    wait_for("the leftovers killed", WAIT, || async { old.iter().all(|p| !alive(*p)).then_some(()) }).await;
+    assert!(d.logs().iter().any(|l| l.contains("left running")), "the cleanup is logged");
+    wait_for("the new instance's two processes", WAIT, || async {
+        (pids_with_env("TEST_MARKER", &m).len() == 2).then_some(())
+    })
+    .await;
+}
