@@ -491,6 +491,25 @@ mod tests {
     }
 
     #[test]
+    fn success_codes_decide_what_on_failure_restarts() {
+        let t = Instant::now();
+        let policy =
+            RestartPolicy { mode: RestartMode::OnFailure, success_codes: vec![0, 3], ..RestartPolicy::default() };
+        let mut s = Slot::new(policy, true);
+        s.on_event(Event::Start, t, 0.0).unwrap();
+        assert_eq!(s.on_event(exit_event(&s, crash(3)), t, 0.0).unwrap(), vec![]);
+        assert_eq!(s.state, State::Stopped, "3 is a success here");
+        s.on_event(Event::Start, t, 0.0).unwrap();
+        s.on_event(exit_event(&s, crash(1)), t, 0.0).unwrap();
+        assert_eq!(s.state, State::Backoff);
+        // Killed by a signal is never a success.
+        s.on_event(Event::RestartDue { generation: s.generation }, t, 0.0).unwrap();
+        let killed = ExitInfo { code: None, signal: Some(9), reason: "killed by signal SIGKILL".into(), fatal: false };
+        s.on_event(exit_event(&s, killed), t, 0.0).unwrap();
+        assert_eq!(s.state, State::Backoff);
+    }
+
+    #[test]
     fn restart_while_running_stops_then_spawns() {
         let t = Instant::now();
         let mut s = slot();
