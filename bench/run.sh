@@ -5,14 +5,19 @@
 #
 #   bench/run.sh > /tmp/bench.md
 #   bench/run.sh peers > /tmp/peers.md    # bkg vs supervisord vs pm2 (installs them first)
+#   bench/run.sh relay > /tmp/relay.md    # llm openai backend: latency added per streamed token
 #
 # `peers` first runs bench/peers-setup.sh (pinned supervisord and pm2 under target/); arguments
-# after it go to `bkg-bench peers` (`bench/run.sh peers --runs 1 --idle-s 10`).
+# after it go to `bkg-bench peers` (`bench/run.sh peers --runs 1 --idle-s 10`); likewise for
+# `relay` (`bench/run.sh relay --tokens 400 --streams 8`; `all` runs it too, with the defaults).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 bench="all"
-if [[ "${1:-}" == "peers" ]]; then
+if [[ "${1:-}" == "relay" ]]; then
+    bench="relay"
+    shift
+elif [[ "${1:-}" == "peers" ]]; then
     bench="peers"
     shift
     setup="$(bench/peers-setup.sh)"
@@ -38,6 +43,10 @@ if [[ "$bench" == "peers" ]]; then
     echo "- peers: supervisord $("$supervisord_bin/supervisord" --version) (Python $("$supervisord_bin/python" -c 'import platform; print(platform.python_version())')), pm2 $(node -p "require('$(dirname "$(dirname "$pm2_bin")")/pm2/package.json').version") (node $(node --version))"
     echo
     target/release/bkg-bench --bkg "$work/bkg" peers --supervisord "$supervisord_bin/supervisord" --pm2 "$pm2_bin" "$@"
+elif [[ "$bench" == "relay" ]]; then
+    echo "- command: \`bench/run.sh relay$args\` (runs \`bkg-bench --bkg <private copy of target/release/bkg> relay$args\`)"
+    echo
+    target/release/bkg-bench --bkg "$work/bkg" relay "$@"
 else
     echo "- command: \`bench/run.sh$args\` (runs \`bkg-bench --bkg <private copy of target/release/bkg>$args all\`)"
     echo

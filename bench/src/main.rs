@@ -1,5 +1,6 @@
-//! `bkg-bench`: the performance benchmarks of issue 3 (and issue 4's HTTP numbers), against the
-//! real `bkg` binary. Programs that print numbers, never timed assertions.
+//! `bkg-bench`: the performance benchmarks of issue 3 (and issue 4's HTTP numbers, issue 6's llm
+//! relay latency), against the real `bkg` binary. Programs that print numbers, never timed
+//! assertions.
 //!
 //! Every benchmark runs `--runs` times (fresh processes each time); the markdown table on stdout
 //! shows the median and the range over the runs, the issue's target and PASS/MISS of the
@@ -11,6 +12,7 @@
 mod daemon;
 mod http;
 mod peers;
+mod relay;
 mod restart;
 mod rpc;
 mod startup;
@@ -80,6 +82,29 @@ struct HttpArgs {
     fanout_lines: u64,
 }
 
+#[derive(clap::Args, Clone, Copy)]
+struct RelayArgs {
+    /// Content tokens per stream (the upstream fixture emits them at a fixed pace).
+    #[arg(long, default_value_t = 200)]
+    tokens: usize,
+    /// Milliseconds between two tokens of a stream.
+    #[arg(long, default_value_t = 5)]
+    pace_ms: u64,
+    /// Rounds per run; a round streams over every path once alone and once `--streams` at once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Concurrent streams of the second measurement.
+    #[arg(long, default_value_t = 4)]
+    streams: usize,
+}
+
+#[derive(clap::Args, Clone)]
+struct RelayDump {
+    /// Also append every token (CSV: emission and arrival times, relayed chunk) to this file.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+}
+
 #[derive(clap::Args, Clone)]
 struct PeersArgs {
     /// Children per supervisor (all but one are `/bin/sleep`; one is the log writer).
@@ -117,6 +142,13 @@ enum Bench {
     Stderr(StderrArgs),
     /// `GET /admin/plugins` latency; SSE latency and fan-out when the logs route exists.
     Http(HttpArgs),
+    /// llm `openai` backend: latency added per streamed token over a direct upstream (issue 6).
+    Relay {
+        #[command(flatten)]
+        sizes: RelayArgs,
+        #[command(flatten)]
+        dump: RelayDump,
+    },
     /// Plain processes under bkg, supervisord and pm2 (issue 8); not part of `all`.
     Peers(PeersArgs),
     /// Everything above but `peers`, in this order.
@@ -129,6 +161,8 @@ enum Bench {
         stderr: StderrArgs,
         #[command(flatten)]
         http: HttpArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
     },
 }
 
@@ -168,14 +202,17 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         return run_peers(&bkg, runs, a).await;
     }
     let mut all: Vec<Vec<Metric>> = (0..runs).map(|_| vec![]).collect();
-    let (rpc, restart, startup, stderr, http) = match cli.bench {
-        Bench::Rpc(a) => (Some(a), None, false, None, None),
-        Bench::Restart(a) => (None, Some(a), false, None, None),
-        Bench::Startup => (None, None, true, None, None),
-        Bench::Stderr(a) => (None, None, false, Some(a), None),
-        Bench::Http(a) => (None, None, false, None, Some(a)),
-        Bench::All { rpc, restart, stderr, http } => (Some(rpc), Some(restart), true, Some(stderr), Some(http)),
-        Bench::Peers(_) => (None, None, false, None, None),
+    let (rpc, restart, startup, stderr, http, relay) = match cli.bench {
+        Bench::Rpc(a) => (Some(a), None, false, None, None, None),
+        Bench::Restart(a) => (None, Some(a), false, None, None, None),
+        Bench::Startup => (None, None, true, None, None, None),
+        Bench::Stderr(a) => (None, None, false, Some(a), None, None),
+        Bench::Http(a) => (None, None, false, None, Some(a), None),
+        Bench::Relay { sizes, dump } => (None, None, false, None, None, Some((sizes, dump.dump))),
+        Bench::All { rpc, restart, stderr, http, relay } => {
+            (Some(rpc), Some(restart), true, Some(stderr), Some(http), Some((relay, None)))
+        }
+        Bench::Peers(_) => (None, None, false, None, None, None),
     };
     // Runs are interleaved per benchmark (run 1, 2, 3 of rpc, then of restart…) so that one
     // benchmark's runs see the same machine state.
@@ -227,6 +264,18 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         for (i, run) in all.iter_mut().enumerate() {
             eprintln!("http: run {}/{runs}", i + 1);
             run.extend(http::run(&bkg, opts).await?);
+        }
+    }
+    if let Some((a, dump)) = relay {
+        let opts = relay::RelayOpts {
+            tokens: a.tokens,
+            pace: std::time::Duration::from_millis(a.pace_ms.max(1)),
+            rounds: a.rounds,
+            streams: a.streams,
+        };
+        for (i, run) in all.iter_mut().enumerate() {
+            eprintln!("relay: run {}/{runs}", i + 1);
+            run.extend(relay::run(&bkg, opts, &dump).await?);
         }
     }
     Ok(stats::markdown(&all))

@@ -4,6 +4,7 @@
 //! fails the handshake with a message instead of being ignored.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -54,6 +55,11 @@ pub struct LlmConfig {
     pub default_top_p: f64,
     /// Tokens per forward pass during prefill; cancellation is checked between passes.
     pub prefill_chunk: usize,
+    /// Least time between two `$/stream` chunks of one request, in ms (protocol.md §2.7 asks for
+    /// 20). Tokens that arrive meanwhile are batched into the next chunk; a token after a quiet
+    /// period goes at once. 0 sends every token as soon as the pipe takes it (the lowest latency
+    /// for fast upstreams, more messages).
+    pub stream_interval_ms: u64,
     /// How the weights are held: `f32` (default), `f16`, or `quantized` (as in the file, with
     /// 8-bit activations: faster to load, less memory, less accurate; see `embedded::Weights`).
     pub weights: crate::embedded::Weights,
@@ -79,6 +85,7 @@ impl Default for LlmConfig {
             default_temperature: 0.2,
             default_top_p: 0.9,
             prefill_chunk: 16,
+            stream_interval_ms: 20,
             weights: crate::embedded::Weights::F32,
             openai: None,
         }
@@ -95,6 +102,11 @@ impl LlmConfig {
         };
         config.check()?;
         Ok(config)
+    }
+
+    /// See [`LlmConfig::stream_interval_ms`].
+    pub fn stream_interval(&self) -> Duration {
+        Duration::from_millis(self.stream_interval_ms)
     }
 
     fn check(&self) -> Result<(), String> {
@@ -120,6 +132,9 @@ impl LlmConfig {
         }
         if self.prefill_chunk == 0 || self.prefill_chunk > 512 {
             return bad("prefill_chunk must be between 1 and 512");
+        }
+        if self.stream_interval_ms > 1_000 {
+            return bad("stream_interval_ms must be at most 1000");
         }
         if let Some(id) = &self.model_id
             && (id.is_empty() || id.len() > 128)

@@ -48,9 +48,6 @@ use crate::embedded::{EmbeddedModel, Finish, Job};
 use crate::error::LlmError;
 use crate::params::GenerateParams;
 
-/// Most `$/stream` chunks per second per request: one per 20 ms (protocol.md §2.7).
-pub const STREAM_INTERVAL: Duration = Duration::from_millis(20);
-
 /// Runs the llm plug-in on this process's stdin/stdout and returns its exit code.
 pub fn run() -> ExitCode {
     bkg_plugin_sdk::run(LlmPlugin::default())
@@ -252,7 +249,7 @@ impl LlmPlugin {
             })
             .map_err(|e| LlmError::Generation(format!("cannot start a generation thread: {e}")))?;
 
-        let text = pump(rx, &ctx).await;
+        let text = pump(rx, &ctx, config.stream_interval()).await;
         let outcome = done_rx.await.map_err(|_| LlmError::Generation("the generation thread panicked".into()))??;
         if outcome.finish == Finish::Cancelled {
             // Only reachable when the token fired; the SDK has answered -32800 already.
@@ -340,10 +337,10 @@ fn record(gate: &Gate, result: &Result<embedded::Outcome, LlmError>, took: Durat
 }
 
 /// Forwards generated text: as `$/stream` chunks `{"delta", "tokens"}` when the caller streams
-/// (coalesced to at most one chunk per [`STREAM_INTERVAL`], the first one at once; `tokens`
-/// counts the pieces (tokens) generated so far, so a cancelled request's usage is known), else
-/// collected into the result.
-pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> String {
+/// (at most one chunk per `interval`, the first one at once, each carrying every piece that
+/// queued meanwhile; `tokens` counts the pieces (tokens) generated so far, so a cancelled
+/// request's usage is known), else collected into the result.
+pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext, interval: Duration) -> String {
     let mut all = String::new();
     if !ctx.streaming() {
         while let Some(piece) = rx.recv().await {
@@ -360,6 +357,11 @@ pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> S
                 Some(piece) => {
                     tokens += 1;
                     pending.push_str(&piece);
+                    // What queued while the last chunk was written goes into this one.
+                    while let Ok(more) = rx.try_recv() {
+                        tokens += 1;
+                        pending.push_str(&more);
+                    }
                     if tokio::time::Instant::now() < next_send {
                         continue;
                     }
@@ -374,7 +376,7 @@ pub(crate) async fn pump(mut rx: mpsc::Receiver<String>, ctx: &CallContext) -> S
         }
         all.push_str(&pending);
         pending.clear();
-        next_send = tokio::time::Instant::now() + STREAM_INTERVAL;
+        next_send = tokio::time::Instant::now() + interval;
     }
     if !pending.is_empty() && ctx.stream(json!({"delta": pending, "tokens": tokens})).await {
         all.push_str(&pending);
@@ -465,5 +467,52 @@ impl Plugin for LlmPlugin {
             "llm.stats" => Ok(self.gate().snapshot()),
             other => Err(RpcError::method_not_found(other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `data` of each `$/stream` line sent so far.
+    fn chunks(lines: &mut mpsc::Receiver<Vec<u8>>) -> Vec<Value> {
+        std::iter::from_fn(|| lines.try_recv().ok())
+            .map(|line| serde_json::from_slice::<Value>(&line).expect("JSON line")["params"]["data"].clone())
+            .collect()
+    }
+
+    /// Feeds `pieces` to `pump`, `gap` apart, and returns the chunks it streamed.
+    async fn run_pump(pieces: &[&str], gap: Duration, interval: Duration) -> (String, Vec<Value>) {
+        let (ctx, mut lines) = CallContext::capturing();
+        let (tx, rx) = mpsc::channel(256);
+        let owned: Vec<String> = pieces.iter().map(|p| (*p).to_owned()).collect();
+        let feed = async move {
+            for piece in owned {
+                tx.send(piece).await.expect("pump alive");
+                tokio::time::sleep(gap).await;
+            }
+        };
+        let ((), text) = tokio::join!(feed, pump(rx, &ctx, interval));
+        (text, chunks(&mut lines))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_token_goes_at_once_and_later_ones_are_batched_per_interval() {
+        let (text, chunks) = run_pump(&["a", "b", "c"], Duration::from_millis(1), Duration::from_millis(20)).await;
+        assert_eq!(text, "abc");
+        assert_eq!(chunks, vec![json!({"delta": "a", "tokens": 1}), json!({"delta": "bc", "tokens": 3})]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interval_zero_sends_each_token_as_it_comes() {
+        let (text, chunks) = run_pump(&["a", "b", "c"], Duration::from_millis(1), Duration::ZERO).await;
+        assert_eq!(text, "abc");
+        assert_eq!(chunks.len(), 3, "{chunks:?}");
+        assert_eq!(chunks[2], json!({"delta": "c", "tokens": 3}));
+        // Tokens that queued while the pump was busy travel together.
+        let (text, chunks) = run_pump(&["a", "b", "c"], Duration::ZERO, Duration::ZERO).await;
+        assert_eq!(text, "abc");
+        let deltas: String = chunks.iter().filter_map(|c| c["delta"].as_str()).collect();
+        assert_eq!(deltas, "abc");
     }
 }

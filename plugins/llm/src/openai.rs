@@ -122,6 +122,7 @@ pub struct Upstreams {
     http: reqwest::Client,
     cooldown: Duration,
     model_id: String,
+    stream_interval: Duration,
 }
 
 /// How one attempt at one upstream ended.
@@ -172,7 +173,13 @@ impl Upstreams {
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         let model_id = config.model_id.clone().unwrap_or_else(|| upstreams[0].model.clone());
-        Ok(Self { upstreams, http, cooldown: Duration::from_millis(oc.cooldown_ms), model_id })
+        Ok(Self {
+            upstreams,
+            http,
+            cooldown: Duration::from_millis(oc.cooldown_ms),
+            model_id,
+            stream_interval: config.stream_interval(),
+        })
     }
 
     /// `plugin.health`: serving while one upstream is not cooling down.
@@ -407,7 +414,7 @@ impl Upstreams {
             (result, finish, usage)
         };
         // `forward` owns the sender, so the pump ends when it does.
-        let ((outcome, finish, usage), text) = tokio::join!(forward, crate::pump(rx, ctx));
+        let ((outcome, finish, usage), text) = tokio::join!(forward, crate::pump(rx, ctx, self.stream_interval));
         match outcome {
             Ok(()) => Attempt::Done(summary(text, ctx, finish, &usage)),
             Err(e) => {

@@ -104,6 +104,15 @@ impl CallContext {
         }
     }
 
+    /// A streaming context whose `$/stream` lines go to the returned receiver, for unit tests of
+    /// code that streams.
+    #[cfg(feature = "testing")]
+    pub fn capturing() -> (Self, mpsc::Receiver<Vec<u8>>) {
+        let (out, lines) = mpsc::channel(1024);
+        let ctx = Self { stream_requested: true, out, ..Self::detached() };
+        (ctx, lines)
+    }
+
     /// True once the daemon cancelled the call or its deadline passed.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
