@@ -96,6 +96,9 @@ struct RelayArgs {
     /// Concurrent streams of the second measurement.
     #[arg(long, default_value_t = 4)]
     streams: usize,
+    /// The llm plug-in's `stream_interval_ms` (its default is 20; 0 sends each token at once).
+    #[arg(long, default_value_t = 20)]
+    stream_interval_ms: u64,
 }
 
 #[derive(clap::Args, Clone)]
@@ -272,6 +275,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             pace: std::time::Duration::from_millis(a.pace_ms.max(1)),
             rounds: a.rounds,
             streams: a.streams,
+            stream_interval_ms: a.stream_interval_ms,
         };
         for (i, run) in all.iter_mut().enumerate() {
             eprintln!("relay: run {}/{runs}", i + 1);

@@ -54,6 +54,8 @@ pub(crate) struct RelayOpts {
     pub(crate) rounds: usize,
     /// Concurrent streams of the second measurement.
     pub(crate) streams: usize,
+    /// The llm plug-in's `stream_interval_ms`.
+    pub(crate) stream_interval_ms: u64,
 }
 
 /// Where `--dump` writes every token (CSV), for a closer look; `None`: nowhere.
@@ -140,6 +142,7 @@ pub(crate) async fn run(bkg: &Path, opts: RelayOpts, dump: &Dump) -> anyhow::Res
         "name": "llm", "builtin": "llm",
         "config": {
             "backend": "openai", "max_concurrent": 16, "max_queue": 16,
+            "stream_interval_ms": opts.stream_interval_ms,
             "openai": {"upstreams": [{"name": "fixture", "base_url": format!("http://{}/v1", fixture.addr), "model": MODEL}]},
         },
     });
