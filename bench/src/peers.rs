@@ -379,6 +379,8 @@ async fn start_bkg(bkg: &Path, lay: &Layout) -> anyhow::Result<(Session, Vec<Row
         .collect();
     plugins.push(json!({
         "name": LOG_NAME, "protocol": "none", "command": lay.python, "args": lay.writer_args(),
+        // Keep every line, as supervisord and pm2 do (the default keeps 2,000 lines/s).
+        "log_lines_per_s": 1_000_000,
     }));
     let registry = daemon::write_registry(&lay.dir, &plugins)?;
     let mut d = Daemon::start(bkg, &lay.dir.join("data"), &registry).await?;
