@@ -63,7 +63,8 @@ fn main() -> ExitCode {
                 eprintln!("bkg: invalid setting {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let log_control = init_tracing(log_format.as_deref(), settings.log_level().unwrap_or("info"));
+            // Held until the end of `main`: dropping it flushes what the log thread still holds.
+            let (log_control, _log_flush) = init_tracing(log_format.as_deref(), settings.log_level().unwrap_or("info"));
             let registry = registry.or_else(|| {
                 let local = PathBuf::from("plugins.json");
                 local.is_file().then_some(local)
@@ -106,8 +107,16 @@ fn serve(settings: bkg::Settings, listen: SocketAddr) -> ExitCode {
 }
 
 /// Installs the daemon's subscriber (stderr, JSON or pretty) with a reloadable filter, and
-/// returns the handle that `logging.level` changes go through.
-fn init_tracing(format: Option<&str>, level: &str) -> bkg::settings::LogControl {
+/// returns the handle that `logging.level` changes go through, and the guard of the log thread.
+///
+/// Lines are formatted on the thread that logs and written by a dedicated thread, in batches
+/// (a 64 KiB buffer flushed whenever the queue runs empty): a plug-in's log flood re-emitted line
+/// by line cost a write syscall per line on a tokio worker. The queue holds 100,000 lines; beyond
+/// that, lines are dropped rather than blocking a worker (they stay in the plug-in's ring).
+fn init_tracing(
+    format: Option<&str>,
+    level: &str,
+) -> (bkg::settings::LogControl, tracing_appender::non_blocking::WorkerGuard) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
@@ -116,7 +125,12 @@ fn init_tracing(format: Option<&str>, level: &str) -> bkg::settings::LogControl 
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(100_000)
+        .thread_name("bkg-log")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> bkg::settings::LogControl
     where
         L: From<EnvFilter> + Send + Sync + 'static,
@@ -127,7 +141,7 @@ fn init_tracing(format: Option<&str>, level: &str) -> bkg::settings::LogControl 
             handle.reload(filter).map_err(|e| e.to_string())
         })
     }
-    if json {
+    let handle = if json {
         let builder = builder.json().flatten_event(true).with_filter_reloading();
         let handle = control(builder.reload_handle());
         builder.init();
@@ -137,5 +151,6 @@ fn init_tracing(format: Option<&str>, level: &str) -> bkg::settings::LogControl 
         let handle = control(builder.reload_handle());
         builder.init();
         handle
-    }
+    };
+    (handle, guard)
 }
