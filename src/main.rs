@@ -111,8 +111,9 @@ fn serve(settings: bkg::Settings, listen: SocketAddr) -> ExitCode {
 ///
 /// Lines are formatted on the thread that logs and written by a dedicated thread, in batches
 /// (a 64 KiB buffer flushed whenever the queue runs empty): a plug-in's log flood re-emitted line
-/// by line cost a write syscall per line on a tokio worker. The queue holds 100,000 lines; beyond
-/// that, lines are dropped rather than blocking a worker (they stay in the plug-in's ring).
+/// by line cost a write syscall per line on a tokio worker. The queue holds 8,192 lines (its
+/// slots are allocated up front); beyond that, lines are dropped rather than blocking a worker:
+/// they stay in the plug-in's ring, and `bkg_daemon_log_dropped_total` counts them.
 fn init_tracing(
     format: Option<&str>,
     level: &str,
@@ -127,9 +128,10 @@ fn init_tracing(
     };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(100_000)
+        .buffered_lines_limit(8_192)
         .thread_name("bkg-log")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    bkg::logs::set_daemon_log_drops(writer.error_counter());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     fn control<L, S>(handle: tracing_subscriber::reload::Handle<L, S>) -> bkg::settings::LogControl
     where

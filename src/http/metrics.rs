@@ -162,6 +162,9 @@ fn render(state: &AppState, me: Option<super::system::ProcStats>) -> String {
         }
     }
 
+    enc.family("bkg_daemon_log_dropped_total", "counter", "Lines the daemon's own log (stderr) dropped in a flood");
+    enc.sample("bkg_daemon_log_dropped_total", &[], crate::logs::daemon_log_dropped());
+
     state.metrics().encode(&mut enc);
     enc.finish()
 }

@@ -284,6 +284,21 @@ fn reemit(line: &LogLine) {
     }
 }
 
+/// Lines the daemon's own log writer dropped (its queue was full during a flood); installed by
+/// `main` when it sets up the writer.
+static DAEMON_LOG_DROPS: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> = std::sync::OnceLock::new();
+
+/// Registers the counter of the daemon's log writer (see `main`'s `init_tracing`).
+pub fn set_daemon_log_drops(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = DAEMON_LOG_DROPS.set(counter);
+}
+
+/// Lines the daemon's own log (stderr, journald) dropped so far; they are still in the plug-ins'
+/// rings.
+pub fn daemon_log_dropped() -> u64 {
+    DAEMON_LOG_DROPS.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
 /// Current time as RFC 3339 with milliseconds, UTC.
 pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())

@@ -108,6 +108,8 @@ async fn metrics_page_counts_requests_states_rpc_and_logs() {
     assert_eq!(before.get(r#"bkg_plugin_restarts_total{plugin="f"}"#), Some(&0.0));
     assert!(value(&before, "process_resident_memory_bytes") > 1e6);
     assert!(before.contains_key("process_cpu_seconds_total"));
+    // Nothing flooded the daemon's own log writer.
+    assert_eq!(before.get("bkg_daemon_log_dropped_total"), Some(&0.0));
 
     // HTTP requests are counted by route template and status, not by raw path.
     let detail = r#"bkg_http_requests_total{method="GET",route="/admin/plugins/{name}",status="200"}"#;
