@@ -241,17 +241,9 @@ async fn login_throttle_per_ip_with_retry_after() {
 async fn cookie_sessions_need_csrf_and_same_origin() {
     let d = TestDaemon::start(vec![echo_spec("e")]).await;
     d.wait_ready("e").await;
-    let res = d
-        .http
-        .post(d.url("/auth/login"))
-        .json(&json!({"user": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let (cookie, csrf) = d.cookie_login().await;
+    let csrf = csrf.as_str();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-    let body: Value = res.json().await.unwrap();
-    let csrf = body["csrf_token"].as_str().unwrap();
     let pair = cookie.split(';').next().unwrap().to_owned();
     let post = |csrf: Option<&str>, origin: Option<&str>| {
         let mut req = d.http.post(d.url("/admin/plugins/e/restart")).header("cookie", &pair).json(&json!({}));

@@ -90,6 +90,21 @@ pub(crate) async fn sse_events(res: reqwest::Response) -> Vec<Received> {
 }
 
 /// The next `token` event of an `/llm/infer` stream, skipping `status` events.
+/// A streamed generation of [`LONG`] that has sent its first token (it runs for a while).
+pub(crate) async fn long_stream(
+    d: &TestDaemon,
+) -> impl futures_util::Stream<Item = Result<eventsource_stream::Event, impl std::fmt::Debug>> + Unpin {
+    let res = post(d, "/llm/infer", &json!({"prompt": LONG, "temperature": 0, "max_tokens": 2000, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut stream = res.bytes_stream().eventsource();
+    let first = next_token(&mut stream).await;
+    assert_eq!(first.event, "token");
+    stream
+}
+
 pub(crate) async fn next_token<S, E>(stream: &mut S) -> eventsource_stream::Event
 where
     S: futures_util::Stream<Item = Result<eventsource_stream::Event, E>> + Unpin,
@@ -393,14 +408,7 @@ async fn bad_input_is_400_and_the_plugin_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_429_with_retry_after() {
     let d = start(json!({"max_concurrent": 1, "max_queue": 0})).await;
-    let res = post(&d, "/llm/infer", &json!({"prompt": LONG, "temperature": 0, "max_tokens": 2000, "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut running = res.bytes_stream().eventsource();
-    let first = next_token(&mut running).await;
-    assert_eq!(first.event, "token");
+    let running = long_stream(&d).await;
 
     let res = post(&d, "/llm/infer", &json!({"prompt": "hi"})).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -427,14 +435,7 @@ async fn a_full_queue_is_429_with_retry_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_plugin_mid_stream_ends_the_stream_with_an_error_event() {
     let d = start(json!({})).await;
-    let res = post(&d, "/llm/infer", &json!({"prompt": LONG, "temperature": 0, "max_tokens": 2000, "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut stream = res.bytes_stream().eventsource();
-    let first = next_token(&mut stream).await;
-    assert_eq!(first.event, "token");
+    let mut stream = long_stream(&d).await;
     let pid = d.plugin("llm").await["pid"].as_u64().unwrap() as i32;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let killed = Instant::now();

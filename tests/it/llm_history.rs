@@ -3,13 +3,12 @@
 //! cursor paging, replay, visibility and CSRF, the retention bounds, the off switch, and
 //! survival across a daemon restart.
 
-use eventsource_stream::Eventsource;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::llm::{FRANCE, LLM_WAIT, LONG, next_token, post, start};
+use crate::llm::{FRANCE, LLM_WAIT, long_stream, post, start};
 use crate::support::*;
 
 /// `GET /llm/history{query}` as the admin, which must succeed.
@@ -126,15 +125,7 @@ async fn every_route_is_recorded_with_output_usage_and_timings() {
 
     // A stream the client drops after its first token: cancelled, with the prompt's usage, the
     // tokens generated so far and the text the client got.
-    let res = post(&d, "/llm/infer", &json!({"prompt": LONG, "temperature": 0, "max_tokens": 2000, "stream": true}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut stream = res.bytes_stream().eventsource();
-    let first = next_token(&mut stream).await;
-    assert_eq!(first.event, "token");
-    drop(stream);
+    drop(long_stream(&d).await);
     let row = next_row(&d, row["id"].as_i64().unwrap()).await;
     assert_eq!(row["outcome"], "cancelled", "{row}");
     assert_eq!(row["finish_reason"], "cancelled", "{row}");
@@ -270,15 +261,8 @@ async fn paging_replay_visibility_csrf_and_bad_input() {
     assert_eq!(as_key(&format!("/llm/history/{france_id}")).await.unwrap().status(), StatusCode::NOT_FOUND);
 
     // A cookie session needs the CSRF token to replay.
-    let res = d
-        .http
-        .post(d.url("/auth/login"))
-        .json(&json!({"user": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    let cookie = res.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
-    let csrf = res.json::<Value>().await.unwrap()["csrf_token"].as_str().unwrap().to_owned();
+    let (set_cookie, csrf) = d.cookie_login().await;
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let replay = |csrf: Option<&str>| {
         let mut req = d
             .http

@@ -178,6 +178,21 @@ impl TestDaemon {
     }
 
     /// Takes ownership of the temp dir so it outlives this daemon (for restart tests).
+    /// Logs in as admin in cookie mode: the whole `Set-Cookie` header and the CSRF token.
+    pub async fn cookie_login(&self) -> (String, String) {
+        let res = self
+            .http
+            .post(self.url("/auth/login"))
+            .json(&json!({"user": "admin", "password": ADMIN_PASSWORD}))
+            .send()
+            .await
+            .expect("login");
+        let set_cookie = res.headers()["set-cookie"].to_str().expect("ASCII cookie").to_owned();
+        let body: Value = res.json().await.expect("login JSON");
+        let csrf = body["csrf_token"].as_str().expect("csrf_token").to_owned();
+        (set_cookie, csrf)
+    }
+
     pub fn take_dir(&mut self) -> Option<tempfile::TempDir> {
         self._tmp.take()
     }
