@@ -153,7 +153,9 @@ mod tests {
         let last = wrong_crc.pop().unwrap();
         wrong_crc.push(if last == 'a' { 'b' } else { 'a' });
         assert_eq!(parse(&wrong_crc), Err(ShapeError::Checksum));
-        let bad_char = key.replacen(&key[5..6], "-", 1);
+        // By position: replacing the first occurrence of that character could hit the prefix.
+        let mut bad_char = key.clone();
+        bad_char.replace_range(5..6, "-");
         assert_eq!(parse(&bad_char), Err(ShapeError::Charset));
     }
 
