@@ -49,20 +49,10 @@ pub const INSTRUCTIONS: &str = "Answer the question using only the numbered sour
 pub struct Retrieved {
     pub text: String,
     pub score: f64,
-    pub source: RetrievedSpan,
+    pub source: bkg_plugin_rag::engine::Source,
     /// `H1 › H2` of the enclosing headings (may be empty).
     #[serde(default)]
     pub heading: String,
-}
-
-/// Where a retrieved passage lives.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct RetrievedSpan {
-    pub path: String,
-    pub sha256: String,
-    pub chunk_id: String,
-    pub start: u64,
-    pub end: u64,
 }
 
 /// A numbered source of an answer: the exact span, as retrieved (the prompt may show it cut).
@@ -440,7 +430,13 @@ mod tests {
         number_sources(vec![Retrieved {
             text: text.into(),
             score: 1.0 / n as f64,
-            source: RetrievedSpan { path: path.into(), sha256: "ab".into(), chunk_id: "cd".into(), start: 0, end: 1 },
+            source: bkg_plugin_rag::engine::Source {
+                path: path.into(),
+                sha256: "ab".into(),
+                chunk_id: "cd".into(),
+                start: 0,
+                end: 1,
+            },
             heading: heading.into(),
         }])
         .pop()

@@ -488,7 +488,7 @@ mod tests {
                 .map(|i| answer::Retrieved {
                     text: format!("t{i}"),
                     score: 1.0,
-                    source: answer::RetrievedSpan {
+                    source: bkg_plugin_rag::engine::Source {
                         path: format!("/d/{i}.md"),
                         sha256: "s".into(),
                         chunk_id: "c".into(),

@@ -416,15 +416,12 @@ async fn a_thousand_clients_get_every_line_in_order_next_to_one_that_stopped_rea
             let permit = connecting.acquire_owned().await.unwrap();
             // Under load the guard may fail closed (503 when apikeys answers late): a client
             // retries, as any client of a fail-closed service does.
-            let mut tries = 0;
-            let res = loop {
-                let res = http.get(&url).bearer_auth(&token).send().await.expect("connect");
-                tries += 1;
-                if res.status() != StatusCode::SERVICE_UNAVAILABLE || tries == 20 {
-                    break res;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            };
+            let (http, url, token) = (&http, &url, &token);
+            let res = wait_for("a connection the guard lets through", WAIT, || async move {
+                let res = http.get(url).bearer_auth(token).send().await.expect("connect");
+                (res.status() != StatusCode::SERVICE_UNAVAILABLE).then_some(res)
+            })
+            .await;
             assert_eq!(res.status(), StatusCode::OK);
             drop(permit);
             connected.fetch_add(1, Ordering::SeqCst);

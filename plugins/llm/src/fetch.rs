@@ -58,13 +58,13 @@ impl Places {
         Self { data_models, cache }
     }
 
+    /// Where `scripts/fetch-models.sh smollm2` puts the default model's GGUF.
+    pub fn cached_gguf(&self) -> PathBuf {
+        self.cache.join("SmolLM2-135M-Instruct").join(GGUF_FILE)
+    }
+
     fn gguf_candidates(&self) -> Vec<PathBuf> {
-        vec![
-            self.data_models.join(GGUF_FILE),
-            // Where `scripts/fetch-models.sh smollm2` puts it.
-            self.cache.join("SmolLM2-135M-Instruct").join(GGUF_FILE),
-            self.cache.join(GGUF_FILE),
-        ]
+        vec![self.data_models.join(GGUF_FILE), self.cached_gguf(), self.cache.join(GGUF_FILE)]
     }
 
     fn wheel_candidates(&self) -> Vec<PathBuf> {

@@ -13,10 +13,7 @@ use serde_json::{Value, json};
 
 /// The default model in the model cache, or a panic that says how to get it.
 fn model_path() -> PathBuf {
-    let cache = std::env::var_os("BKG_MODEL_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/bkg/models"));
-    let path = cache.join("SmolLM2-135M-Instruct").join(bkg_plugin_llm::fetch::GGUF_FILE);
+    let path = bkg_plugin_llm::fetch::Places::new(None, None).cached_gguf();
     assert!(path.is_file(), "{} is missing: run scripts/fetch-models.sh smollm2", path.display());
     path
 }

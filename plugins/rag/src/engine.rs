@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tantivy::collector::DocSetCollector;
@@ -81,8 +81,8 @@ pub struct Query {
     pub fusion: Fusion,
 }
 
-/// Where a result comes from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Where a result comes from (the daemon reads it back from `rag.query` answers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Source {
     pub path: String,
     pub sha256: String,
